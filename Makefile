@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Each creates the virtual environment
+# it needs (.venv) on first use, so a fresh clone needs nothing but Python 3.10+.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PyTorch is pinned to the release this project is tested with; override for other platforms,
+# e.g. `make test TORCH="torch==2.9.1 torchvision==0.24.1"`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PACKS := -e core -e plugins/apache -e plugins/gpl -e plugins/noncommercial
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench docs clean
+
+$(STAMP): core/pyproject.toml plugins/*/pyproject.toml tests/requirements.txt tests/plugins/histobag-example/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(PACKS) -r tests/requirements.txt
+	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-example
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/histobag demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/startup.py
+
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet mkdocs mkdocstrings-python
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) build site .pytest_cache

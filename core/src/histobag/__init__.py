@@ -1,0 +1,85 @@
+"""histobag: feature bags from whole-slide images with pretrained, separately licensed models.
+
+Everything heavy is imported on first use, so ``import histobag`` and
+:func:`list_extractors` stay fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from histobag._version import __version__
+from histobag.errors import HistobagError
+from histobag.extractors.registry import build_feature_extractor, extractor_info, list_extractors
+from histobag.extractors.spec import ExtractorSpec, Preprocessing
+from histobag.hookspecs import hookimpl
+from histobag.plugins import register_extractor, register_plugin, unregister_plugin
+from histobag.specs import BagWriterSpec, TransformSpec
+
+if TYPE_CHECKING:
+    from histobag.analysis import DatasetFeatures, Features, Mosaic, SlideMap
+    from histobag.dataset import Dataset
+    from histobag.extractors.base import FeatureExtractor
+    from histobag.io.bags import rebuild_extractor
+    from histobag.project import Project
+    from histobag.slide import WSI
+
+# Public names loaded lazily: name -> module that defines it.
+_LAZY = {
+    "FeatureExtractor": "histobag.extractors.base",
+    "ModelBuild": "histobag.extractors.base",
+    "WSI": "histobag.slide",
+    "Dataset": "histobag.dataset",
+    "Project": "histobag.project",
+    "rebuild_extractor": "histobag.io.bags",
+    "generate_feature_bags": "histobag.bags",
+    "DatasetFeatures": "histobag.analysis",
+    "Features": "histobag.analysis",
+    "SlideMap": "histobag.analysis",
+    "Mosaic": "histobag.analysis",
+    "data": "histobag.data",
+}
+
+__all__ = [
+    "BagWriterSpec",
+    "ExtractorSpec",
+    "HistobagError",
+    "Preprocessing",
+    "TransformSpec",
+    "__version__",
+    "build_feature_extractor",
+    "extractor_info",
+    "hookimpl",
+    "list_extractors",
+    "register_extractor",
+    "register_plugin",
+    "unregister_plugin",
+    # loaded lazily (see _LAZY)
+    "Dataset",
+    "DatasetFeatures",
+    "FeatureExtractor",
+    "Features",
+    "ModelBuild",
+    "Mosaic",
+    "Project",
+    "SlideMap",
+    "WSI",
+    "data",
+    "generate_feature_bags",
+    "rebuild_extractor",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'histobag' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    value = loaded if module.endswith("." + name) else getattr(loaded, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,134 @@
+"""The ``histobag`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from histobag import __version__
+from histobag.errors import HistobagError
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*map(str, row)) for row in rows]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the installed extractors as a table."""
+    from histobag.extractors.registry import extractor_info, list_extractors
+    from histobag.plugins import plugin_failures
+
+    names = list_extractors(license=args.license, tag=args.tag, pack=args.pack)
+    rows = []
+    for name in names:
+        spec = extractor_info(name)
+        dims = spec.num_features if spec.num_features is not None else "?"
+        rows.append((name, spec.pack, spec.license, dims, "yes" if spec.gated else "no"))
+    if args.json:
+        print(json.dumps([extractor_info(n).to_dict() for n in names], indent=2))
+    elif rows:
+        print(_table(("name", "pack", "licence", "dims", "gated"), rows))
+    else:
+        print(
+            "No extractors installed"
+            + (" match these filters." if (args.license or args.tag or args.pack) else ".")
+            + " Install a pack, e.g. `pip install histobag-apache`."
+        )
+    for failure in plugin_failures():
+        print(f"warning: {failure}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print everything known about one extractor."""
+    from histobag.extractors.registry import extractor_info
+
+    spec = extractor_info(args.name)
+    if args.json:
+        print(json.dumps(spec.to_dict(), indent=2))
+        return 0
+    weights = "none (built without weights)"
+    if spec.hf_repo:
+        access = (
+            "gated: request access on the model page, then `hf auth login`"
+            if spec.gated
+            else "public"
+        )
+        weights = f"{spec.weights_url} file {spec.hf_filename} ({access})"
+    elif spec.weights_required:
+        weights = "pass weights=/path/to/checkpoint (downloaded per architecture, if any)"
+    fields = [
+        ("name", spec.name),
+        ("aliases", ", ".join(spec.aliases) or "-"),
+        ("description", spec.description or "-"),
+        ("pack", f"{spec.pack} {spec.version}".strip()),
+        ("licence", f"{spec.license}  {spec.license_url}".strip()),
+        ("features", spec.num_features if spec.num_features is not None else "depends on args"),
+        ("input size", spec.input_size),
+        ("tags", ", ".join(spec.tags) or "-"),
+        ("weights", weights),
+        ("official sha256", spec.sha256 or "-"),
+        ("model kwargs", ", ".join(spec.model_kwargs) or "-"),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key:<{width}}  {value}")
+    print("\npreprocessing (default):")
+    print("  " + spec.preprocessing.describe().replace("\n", "\n  "))
+    print("\ncitation:")
+    print("  " + (spec.citation or "-").replace("\n", "\n  "))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``histobag`` command."""
+    parser = argparse.ArgumentParser(
+        prog="histobag", description="Feature bags from whole-slide images."
+    )
+    parser.add_argument("--version", action="version", version=f"histobag {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the installed extractors")
+    p.add_argument("--license", help="only this SPDX licence, e.g. apache-2.0")
+    p.add_argument("--tag", help="only models with this tag, e.g. foundation, imagenet")
+    p.add_argument("--pack", help="only models from this distribution, e.g. histobag-gpl")
+    p.add_argument("--json", action="store_true", help="print specs as JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="show an extractor's licence, weights, preprocessing, citation")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the spec as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="run an extractor on bundled histology (no downloads needed)")
+    p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
+    p.add_argument("--outdir", default="histobag-demo", help="where demo outputs go")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the end-to-end demo."""
+    from histobag.demo import run_demo
+
+    return run_demo(extractor=args.extractor, outdir=args.outdir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HistobagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Exception hierarchy: every error histobag raises derives from :class:`HistobagError`.
+
+Messages say what went wrong and what to do next, in the style of huggingface_hub's errors.
+"""
+
+from __future__ import annotations
+
+
+class HistobagError(Exception):
+    """Base class of every error raised by histobag."""
+
+
+class PluginError(HistobagError):
+    """A plugin pack is broken: it failed to import, or it clashes with another pack."""
+
+
+class DuplicateExtractorError(PluginError):
+    """Two installed providers register the same extractor (or transform, or writer) name."""
+
+
+class UnknownExtractorError(HistobagError, KeyError):
+    """No installed pack provides the requested extractor name."""
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ExtractorArgumentError(HistobagError, TypeError):
+    """An extractor was given a keyword argument it does not accept, or a bad value."""
+
+
+class WeightsError(HistobagError):
+    """Model weights could not be found, downloaded or loaded."""
+
+
+class GatedWeightsError(WeightsError):
+    """The weights live in a gated Hugging Face repository the user has no access to."""
+
+
+class OfflineWeightsError(WeightsError):
+    """Downloads are disabled (or impossible) and the weights are not in the local cache."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A checkpoint contains pickled objects that are not plain tensors and was refused."""
+
+
+class CheckpointMismatchError(WeightsError):
+    """A checkpoint's keys or shapes do not match the model it is loaded into."""
+
+
+class SlideError(HistobagError):
+    """A whole-slide image could not be opened or read."""
+
+
+class SlideOpenError(SlideError):
+    """The slide file could not be opened (missing, unsupported or corrupt)."""
+
+
+class SlideReadError(SlideError):
+    """A region of an opened slide could not be read."""
+
+
+class MissingMPPError(SlideError):
+    """The slide does not record its microns-per-pixel; pass ``mpp=`` explicitly."""
+
+
+class TFRecordError(HistobagError):
+    """A TFRecord file or its index is malformed or corrupted."""
+
+
+class ConfigError(HistobagError):
+    """A configuration file (bags_config.json, project.json...) is missing, invalid or tampered."""

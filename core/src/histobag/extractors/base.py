@@ -1,0 +1,216 @@
+"""``FeatureExtractor``: a torch module, its preprocessing and its provenance, in one callable."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histobag.errors import ExtractorArgumentError
+from histobag.extractors.preprocess import build_transform, output_size, to_batch
+from histobag.extractors.spec import ExtractorSpec, Preprocessing
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class ModelBuild:
+    """What an extractor factory returns.
+
+    Attributes:
+        module: Maps a normalised float batch (B, 3, H, W) to embeddings (B, F).
+        weights_target: Module the checkpoint's state dict is loaded into (default: ``module``),
+            e.g. the backbone inside a pooling wrapper.
+        adapt_state_dict: Key remapping from the published checkpoint layout to
+            ``weights_target``'s names, applied after unwrapping ``spec.checkpoint_keys``.
+        num_features: Embedding length, when it depends on the factory's arguments.
+        preprocessing: Default preprocessing, when it depends on the factory's arguments.
+        hub: ``(repo, filename)`` of the default weights when they depend on the arguments
+            (e.g. the timm architecture behind an ImageNet extractor).
+        fixed_input_size: The only input side the network accepts, if it has one.
+        extractor_cls: A :class:`FeatureExtractor` subclass adding model-specific methods.
+    """
+
+    module: torch.nn.Module
+    weights_target: torch.nn.Module | None = None
+    adapt_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    num_features: int | None = None
+    preprocessing: Preprocessing | None = None
+    hub: tuple[str, str] | None = None
+    fixed_input_size: int | None = None
+    extractor_cls: type[FeatureExtractor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def select_precision(device: torch.device, mixed_precision: bool, autocast_dtype: str) -> str:
+    """The dtype models compute in on ``device``: ``float32``, ``bfloat16`` or ``float16``."""
+    import torch
+
+    if not mixed_precision:
+        return "float32"
+    if device.type == "cuda":
+        if autocast_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            return "float16"
+        return autocast_dtype
+    if device.type == "cpu" and cpu_supports_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, then Apple MPS, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class FeatureExtractor:
+    """A pretrained model that turns uint8 RGB tiles into float32 feature vectors.
+
+    Build one with :func:`histobag.build_feature_extractor`. Call it on a uint8 batch
+    (numpy (B, H, W, 3) or tensor (B, 3, H, W)) to get a float32 tensor (B, num_features);
+    preprocessing (:attr:`transform`) runs on the model's device.
+    """
+
+    def __init__(
+        self,
+        spec: ExtractorSpec,
+        build: ModelBuild,
+        preprocessing: Preprocessing,
+        *,
+        device: torch.device,
+        mixed_precision: bool,
+        config_kwargs: Mapping[str, Any],
+        weights_sha256: str | None,
+        weights_source: str,
+    ) -> None:
+        self.spec = spec
+        self.model = build.module.eval().to(device)
+        self.preprocessing = preprocessing
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.precision = select_precision(device, mixed_precision, spec.autocast_dtype)
+        self.weights_sha256 = weights_sha256
+        self.weights_source = weights_source
+        self.fixed_input_size = build.fixed_input_size
+        self._num_features = build.num_features or spec.num_features
+        self._config_kwargs = dict(config_kwargs)
+        self.transform = build_transform(preprocessing)
+        self.extra = dict(build.extra)
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def tag(self) -> str:
+        """Registered name of the model, e.g. ``"retccl"``."""
+        return self.spec.name
+
+    @property
+    def num_features(self) -> int:
+        """Length of each feature vector."""
+        if self._num_features is None:
+            raise ExtractorArgumentError(f"{self.tag} did not declare its number of features")
+        return self._num_features
+
+    @property
+    def license(self) -> str:
+        """SPDX identifier of the weights' licence."""
+        return self.spec.license
+
+    @property
+    def citation(self) -> str:
+        """BibTeX entry to cite when publishing results made with this model."""
+        return self.spec.citation
+
+    def dump_config(self) -> dict[str, Any]:
+        """Registered name and the keyword arguments it was built with (enough to rebuild)."""
+        return {"extractor": self.spec.name, "kwargs": dict(self._config_kwargs)}
+
+    def provenance(self) -> dict[str, Any]:
+        """What makes features reproducible: weights digest, preprocessing, precision, versions."""
+        return {
+            "weights_sha256": self.weights_sha256,
+            "weights_source": self.weights_source,
+            "preprocessing": self.preprocessing.to_dict(),
+            "precision": self.precision,
+            "pack": {"name": self.spec.pack, "version": self.spec.version},
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.tag!r}, num_features={self._num_features}, "
+            f"device={self.device}, precision={self.precision}, license={self.license!r})"
+        )
+
+    # -- running ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Context running the model in :attr:`precision` (a no-op for float32)."""
+        import torch
+
+        if self.precision == "float32":
+            yield
+            return
+        dtype = getattr(torch, self.precision)
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            yield
+
+    def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → normalised float32 on the model's device."""
+        h, w = batch.shape[-2:]
+        expected = self.fixed_input_size
+        if expected is not None and output_size(self.preprocessing, h, w) != (expected, expected):
+            raise ExtractorArgumentError(
+                f"{self.tag} only accepts {expected}x{expected} input, but {w}x{h} tiles "
+                f"become {output_size(self.preprocessing, h, w)} after preprocessing. Build it "
+                f"with resize=True (resize to {expected}) or extract tiles at "
+                f"tile_px={expected}."
+            )
+        non_blocking = self.device.type == "cuda"
+        return self.transform(batch.to(self.device, non_blocking=non_blocking))
+
+    def forward_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features of one uint8 (B, 3, H, W) batch as float32 (B, F) on the model's device."""
+        import torch
+
+        with torch.inference_mode(), self.autocast():
+            features = self.model(self.preprocess(batch))
+        return features.float()
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Any:
+        """Extract features from a uint8 batch, a :class:`histobag.WSI` or a TFRecord path.
+
+        A batch gives a float32 tensor (B, num_features). See the slide and TFRecord guides
+        for what a WSI and a TFRecord path return.
+        """
+        if isinstance(obj, (str, Path)) and str(obj).endswith(".tfrecords"):
+            from histobag.engine import features_from_tfrecord
+
+            return features_from_tfrecord(self, obj, **kwargs)
+        if type(obj).__name__ == "WSI" and hasattr(obj, "read_tiles"):
+            from histobag.engine import features_from_wsi
+
+            return features_from_wsi(self, obj, **kwargs)
+        if kwargs:
+            raise ExtractorArgumentError(
+                f"Unexpected keyword arguments for a batch: {', '.join(sorted(kwargs))}"
+            )
+        return self.forward_batch(to_batch(obj))

@@ -1,0 +1,250 @@
+"""Listing, describing and building extractors by name."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histobag import plugins
+from histobag.errors import ExtractorArgumentError, UnknownExtractorError, WeightsError
+from histobag.extractors.catalogue import KNOWN_ELSEWHERE
+from histobag.extractors.spec import ExtractorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from histobag.extractors.base import FeatureExtractor
+
+#: Pass as ``weights=`` to keep a model's random initialisation (tests, demos without network).
+RANDOM_WEIGHTS = "random"
+
+_PREPROCESSING_ARGS = (
+    "resize",
+    "center_crop",
+    "interpolation",
+    "antialias",
+    "norm_mean",
+    "norm_std",
+)
+
+
+class WeightsMismatchWarning(UserWarning):
+    """The loaded weights are not the file the spec describes as official."""
+
+
+def _matches(value: str, wanted: str | None) -> bool:
+    return wanted is None or value.lower() == wanted.lower()
+
+
+def list_extractors(
+    *, license: str | None = None, tag: str | None = None, pack: str | None = None
+) -> list[str]:
+    """Sorted names of the installed extractors, optionally filtered.
+
+    Args:
+        license: Keep models whose SPDX licence equals this (case-insensitive),
+            e.g. ``"apache-2.0"``.
+        tag: Keep models carrying this tag, e.g. ``"foundation"`` or ``"imagenet"``.
+        pack: Keep models from this distribution, e.g. ``"histobag-gpl"``.
+
+    Imports no torch or model code.
+    """
+    return sorted(
+        name
+        for name, spec in plugins.extractor_specs().items()
+        if _matches(spec.license, license)
+        and _matches(spec.pack, pack)
+        and (tag is None or tag.lower() in (t.lower() for t in spec.tags))
+    )
+
+
+def _aliases() -> dict[str, ExtractorSpec]:
+    table: dict[str, ExtractorSpec] = {}
+    for spec in plugins.extractor_specs().values():
+        for key in (spec.name, *spec.aliases):
+            table[key.lower()] = spec
+    return table
+
+
+def extractor_info(name: str) -> ExtractorSpec:
+    """The spec of an installed extractor (by name or alias, case-insensitive).
+
+    Raises:
+        UnknownExtractorError: With close matches, or the pack to install for a model that
+            histobag knows but whose pack is missing.
+    """
+    table = _aliases()
+    spec = table.get(name.lower()) or plugins.resolve_extractor(name)
+    if spec is not None:
+        return spec
+    message = f"No installed extractor is called {name!r}."
+    if name.lower() in KNOWN_ELSEWHERE:
+        dist = KNOWN_ELSEWHERE[name.lower()]
+        message += f" {name} is provided by {dist}: pip install {dist}"
+    else:
+        close = difflib.get_close_matches(name.lower(), list(table), n=5, cutoff=0.6)
+        if close:
+            message += f" Did you mean: {', '.join(close)}?"
+        message += " See `histobag list` for what is installed."
+    raise UnknownExtractorError(message)
+
+
+def _check_kwargs(spec: ExtractorSpec, model_kwargs: dict[str, Any]) -> None:
+    accepted = set(spec.model_kwargs)
+    unknown = sorted(set(model_kwargs) - accepted)
+    if unknown:
+        common = (
+            "weights, device, mixed_precision, resize, center_crop, interpolation, "
+            "antialias, norm_mean, norm_std"
+        )
+        own = ", ".join(spec.model_kwargs) or "none"
+        raise ExtractorArgumentError(
+            f"{spec.name} got unexpected keyword argument(s) {', '.join(unknown)}. "
+            f"Accepted: {common}; model-specific: {own}."
+        )
+    missing = [k for k in spec.required_kwargs if k not in model_kwargs]
+    if missing:
+        raise ExtractorArgumentError(
+            f"{spec.name} needs {', '.join(f'{k}=...' for k in missing)} "
+            f"(e.g. build_feature_extractor({spec.name!r}, {missing[0]}=224))."
+        )
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
+    from histobag.extractors.base import default_device
+
+    return default_device() if device is None else torch.device(device)
+
+
+def build_feature_extractor(
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    mixed_precision: bool = True,
+    resize: bool | int | None = None,
+    center_crop: bool | int | None = None,
+    interpolation: str | None = None,
+    antialias: bool | None = None,
+    norm_mean: tuple[float, float, float] | None = None,
+    norm_std: tuple[float, float, float] | None = None,
+    **model_kwargs: Any,
+) -> FeatureExtractor:
+    """Build an installed feature extractor by name, with its pretrained weights.
+
+    Args:
+        name: Registered name or alias (see :func:`list_extractors`).
+        weights: A local checkpoint (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
+            ``torch.load(weights_only=True)``). ``None`` downloads the official weights from
+            Hugging Face (honouring ``HF_TOKEN``, ``HF_HUB_OFFLINE`` and the cache);
+            ``"random"`` keeps the random initialisation.
+        device: ``"cuda"``, ``"cpu"``, ...; default CUDA if available, else CPU.
+        mixed_precision: Compute in bfloat16/float16 where the hardware supports it (CUDA, and
+            CPUs with AVX512-BF16/AMX); outputs are float32 either way.
+        resize: ``None`` keeps the model's default; ``True`` resizes to the model's input size;
+            an int resizes the shorter side to that size; ``False`` disables resizing.
+        center_crop: Like ``resize``, for a square center crop. Crop runs before resize unless
+            the model declares resize-then-crop (e.g. GigaPath).
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``; default the model's.
+        antialias: Antialias when resizing; default the model's.
+        norm_mean: Normalisation mean (RGB on the [0, 1] scale); default the model's.
+        norm_std: Normalisation std; default the model's.
+        **model_kwargs: Model-specific arguments (see ``histobag info NAME``).
+
+    Raises:
+        UnknownExtractorError: No installed pack provides ``name``.
+        ExtractorArgumentError: An unknown keyword argument or bad value.
+        WeightsError: Weights could not be found, downloaded or loaded.
+    """
+    from histobag.extractors.base import FeatureExtractor, ModelBuild
+    from histobag.extractors.preprocess import resolve_preprocessing
+
+    spec = extractor_info(name)
+    _check_kwargs(spec, model_kwargs)
+    factory = spec.load_factory()
+    build = factory(spec, **model_kwargs)
+    if not isinstance(build, ModelBuild):
+        build = ModelBuild(module=build)
+
+    sha, source = _load_weights(spec, build, weights)
+
+    overrides = dict(
+        resize=resize,
+        center_crop=center_crop,
+        interpolation=interpolation,
+        antialias=antialias,
+        norm_mean=norm_mean,
+        norm_std=norm_std,
+    )
+    preprocessing = resolve_preprocessing(
+        build.preprocessing or spec.preprocessing, spec.input_size, **overrides
+    )
+    config_kwargs: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    config_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in config_kwargs.items()}
+    if weights is not None:
+        config_kwargs["weights"] = str(weights)
+    if not mixed_precision:
+        config_kwargs["mixed_precision"] = False
+    config_kwargs.update(model_kwargs)
+    cls = build.extractor_cls or FeatureExtractor
+    return cls(
+        spec,
+        build,
+        preprocessing,
+        device=_resolve_device(device),
+        mixed_precision=mixed_precision,
+        config_kwargs=config_kwargs,
+        weights_sha256=sha,
+        weights_source=source,
+    )
+
+
+def _load_weights(
+    spec: ExtractorSpec, build: Any, weights: str | os.PathLike[str] | None
+) -> tuple[str | None, str]:
+    """Find and strictly load the weights; return (sha256, where they came from)."""
+    from histobag.extractors import weights as wt
+
+    if weights is not None and str(weights) == RANDOM_WEIGHTS:
+        return None, RANDOM_WEIGHTS
+    if weights is not None:
+        path, source = Path(weights).expanduser(), str(weights)
+    else:
+        hub = build.hub or ((spec.hf_repo, spec.hf_filename) if spec.hf_repo else None)
+        if hub is None:
+            if not spec.weights_required:
+                return None, "none"
+            raise WeightsError(
+                f"{spec.name} has no published weights to download; pass weights=/path/to/file."
+            )
+        repo, filename = hub
+        revision = spec.hf_revision if build.hub is None else None
+        path = wt.download(wt.HubFile(repo, filename or "", revision, spec.gated), model=spec.name)
+        source = f"hf://{repo}/{filename}" + (f"@{revision}" if revision else "")
+    checkpoint = wt.read_checkpoint(path)
+    state_dict = wt.unwrap(checkpoint, spec.checkpoint_keys)
+    if build.adapt_state_dict is not None:
+        state_dict = build.adapt_state_dict(state_dict)
+    wt.load_strict(build.weights_target or build.module, state_dict, source=source, model=spec.name)
+    digest = wt.sha256sum(path)
+    if spec.sha256 and digest != spec.sha256:
+        warnings.warn(
+            f"{path} (sha256 {digest[:12]}...) is not the official {spec.name} checkpoint "
+            f"(sha256 {spec.sha256[:12]}...). It loaded, but features will differ from the "
+            "published model's; this is expected for retrained or fine-tuned weights.",
+            WeightsMismatchWarning,
+            stacklevel=3,
+        )
+    return digest, source
+
+
+def factory_parameters(spec: ExtractorSpec) -> list[str]:
+    """Keyword parameters of a spec's factory (imports it), for documentation."""
+    params = inspect.signature(spec.load_factory()).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import histobag
+from histobag.cli import main
+
+
+def test_list_table(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["name", "pack", "licence", "dims", "gated"]
+    row = next(line for line in out.splitlines() if line.startswith("resnet50_imagenet "))
+    assert row.split() == ["resnet50_imagenet", "histobag-apache", "Apache-2.0", "2048", "no"]
+
+
+def test_list_filtered_by_license(capsys):
+    assert main(["list", "--license", "mit"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert names == histobag.list_extractors(license="MIT")
+    assert "resnet50_imagenet" not in names
+
+
+def test_list_json(capsys):
+    assert main(["list", "--json", "--tag", "imagenet"]) == 0
+    specs = json.loads(capsys.readouterr().out)
+    assert {s["name"] for s in specs} == set(histobag.list_extractors(tag="imagenet"))
+    assert all(s["factory"].startswith("histobag_apache.") for s in specs)
+
+
+def test_list_nothing_matching(capsys):
+    assert main(["list", "--license", "WTFPL"]) == 0
+    assert "No extractors installed match these filters" in capsys.readouterr().out
+
+
+def test_info_shows_preprocessing_and_citation(capsys):
+    assert main(["info", "vit_base_patch16_224_imagenet"]) == 0
+    out = capsys.readouterr().out
+    assert "licence" in out and "Apache-2.0" in out
+    assert "normalize mean=[0.5, 0.5, 0.5]" in out
+    assert "@inproceedings{dosovitskiy2021image" in out
+    assert "tile_px, layers, pooling" in out
+
+
+def test_info_unknown_is_a_clean_error(capsys):
+    assert main(["info", "resnet50_imagnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No installed extractor") and "Traceback" not in err
+
+
+def test_version_console_script():
+    proc = subprocess.run(
+        [sys.executable, "-m", "histobag.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.strip() == f"histobag {histobag.__version__}"

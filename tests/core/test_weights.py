@@ -1,0 +1,125 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import histobag
+from histobag.errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsError
+from histobag.extractors.weights import sha256sum, unwrap
+from tests.core.toy_models import ToyNet, registered, toy_spec
+from tests.helpers import perturb_
+
+
+@pytest.fixture
+def trained():
+    net = ToyNet(8)
+    perturb_(net, seed=1)
+    return net.eval()
+
+
+def _reference(net, tiles, fe):
+    # The extractor's own transform is tested separately; here we check weights end up in place.
+    with torch.no_grad():
+        return net(fe.transform(torch.from_numpy(tiles).permute(0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "wrap"),
+    [
+        (".safetensors", None),
+        (".pth", None),
+        (".pt", "model"),
+        (".bin", "state_dict"),
+        (".pth", "teacher"),
+    ],
+)
+def test_loads_flat_nested_and_safetensors(tmp_path, trained, tiles224, suffix, wrap):
+    path = tmp_path / f"weights{suffix}"
+    state = trained.state_dict()
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save({wrap: state, "epoch": 3} if wrap else state, path)
+    with registered(toy_spec()):
+        fe = histobag.build_feature_extractor(
+            "toy", weights=path, mixed_precision=False, device="cpu"
+        )
+    assert torch.allclose(fe(tiles224), _reference(trained, tiles224, fe), atol=1e-6)
+    assert fe.weights_sha256 == sha256sum(path)
+    assert fe.dump_config()["kwargs"]["weights"] == str(path)
+
+
+def test_unwrap_descends_nested_levels():
+    inner = {"a": torch.zeros(1)}
+    assert unwrap({"model": {"state_dict": inner}}, ("state_dict", "model")) == inner
+    assert unwrap(inner, ("model",)) == inner
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch histobag-pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        torch.save({"conv.weight": _Exploit()}, handle)
+    # prove the file is a real exploit: unrestricted unpickling runs the payload
+    torch.load(path, weights_only=False)
+    assert (tmp_path / "histobag-pwned").exists()
+    (tmp_path / "histobag-pwned").unlink()
+    with registered(toy_spec()), pytest.raises(UnsafeCheckpointError, match="Refused to load"):
+        histobag.build_feature_extractor("toy", weights=path)
+    assert not (tmp_path / "histobag-pwned").exists()
+
+
+def test_raw_pickle_of_a_module_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    with open(path, "wb") as handle:
+        pickle.dump(ToyNet(), handle)
+    with registered(toy_spec()), pytest.raises(WeightsError):
+        histobag.build_feature_extractor("toy", weights=path)
+
+
+def test_wrong_keys_and_shapes_give_a_readable_diff(tmp_path, trained):
+    state = trained.state_dict()
+    state["conv.kernel"] = state.pop("conv.weight")
+    state["fc.weight"] = torch.zeros(8, 9)
+    del state["bn.running_var"]
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with registered(toy_spec()), pytest.raises(CheckpointMismatchError) as err:
+        histobag.build_feature_extractor("toy", weights=path)
+    message = str(err.value)
+    assert "missing from the checkpoint (2)" in message
+    assert "conv.weight" in message and "bn.running_var" in message
+    assert "unexpected in the checkpoint (1):\n    conv.kernel" in message
+    assert "fc.weight: checkpoint (8, 9) vs model (8, 8)" in message
+
+
+def test_missing_file_and_non_state_dict(tmp_path):
+    with registered(toy_spec()):
+        with pytest.raises(WeightsError, match="not found"):
+            histobag.build_feature_extractor("toy", weights=tmp_path / "nope.pth")
+        path = tmp_path / "list.pth"
+        torch.save([torch.zeros(1)], path)
+        with pytest.raises(WeightsError, match="not a state dict"):
+            histobag.build_feature_extractor("toy", weights=path)
+
+
+def test_official_digest_mismatch_warns(tmp_path, trained):
+    path = tmp_path / "w.pth"
+    torch.save(trained.state_dict(), path)
+    with registered(toy_spec(sha256="0" * 64)):
+        with pytest.warns(UserWarning, match="not the official toy checkpoint"):
+            histobag.build_feature_extractor("toy", weights=path)
+    with registered(toy_spec(sha256=sha256sum(path))):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            histobag.build_feature_extractor("toy", weights=path)
