@@ -123,3 +123,19 @@ def test_official_digest_mismatch_warns(tmp_path, trained):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             histobag.build_feature_extractor("toy", weights=path)
+
+
+def test_a_folder_of_hub_files_is_accepted(tmp_path, trained, tiles224):
+    save_file(
+        {k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "model.safetensors"
+    )
+    (tmp_path / "config.json").write_text("{}")
+    with registered(toy_spec()):
+        fe = histobag.build_feature_extractor(
+            "toy", weights=tmp_path, mixed_precision=False, device="cpu"
+        )
+        assert torch.allclose(fe(tiles224), _reference(trained, tiles224, fe), atol=1e-6)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(WeightsError, match="folder without a checkpoint"):
+            histobag.build_feature_extractor("toy", weights=empty)

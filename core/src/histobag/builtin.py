@@ -12,23 +12,11 @@ from histobag.specs import BagWriterSpec, TransformSpec
 
 @hookimpl
 def histobag_transforms() -> list[TransformSpec]:
-    """Macenko, Reinhard and Vahadane stain normalizers (torch, on the device)."""
+    """Macenko, Reinhard (and its tissue-masked variant) and Vahadane, as torch ops."""
+    from histobag.norm import BUILTIN_NORMALIZERS
+
     return [
-        TransformSpec(
-            "macenko",
-            "histobag.norm.macenko:Macenko",
-            description="Macenko et al. 2009 stain separation by SVD",
-        ),
-        TransformSpec(
-            "reinhard",
-            "histobag.norm.reinhard:Reinhard",
-            description="Reinhard et al. 2001 colour transfer in LAB space",
-        ),
-        TransformSpec(
-            "vahadane",
-            "histobag.norm.vahadane:Vahadane",
-            description="Vahadane et al. 2016 sparse NMF stain separation",
-        ),
+        TransformSpec(name, target, description=text) for name, target, text in BUILTIN_NORMALIZERS
     ]
 
 

@@ -106,11 +106,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="run an extractor on bundled histology (no downloads needed)")
+    p = sub.add_parser("extract", help="write one feature bag per slide")
+    p.add_argument("--extractor", required=True, help="registered extractor name")
+    p.add_argument("--weights", help="local checkpoint (default: the official download)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slides", help="folder of slides")
+    where.add_argument("--project", help="histobag project folder")
+    p.add_argument("--annotations", help="CSV with a 'slide' column (with --slides)")
+    p.add_argument("--tile-px", type=int, required=True, help="tile side in pixels")
+    p.add_argument("--tile-um", required=True, help="tile side in microns, or e.g. 20x")
+    p.add_argument("--outdir", help="bags folder (default with --project: <project>/bags/...)")
+    p.add_argument("--writer", default="pt", help="pt | h5 | safetensors | a pack's writer")
+    p.add_argument("--normalizer", help="stain normalizer: macenko | reinhard | vahadane")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", default="auto", help="tile-reading processes, or auto")
+    p.add_argument("--min-tiles", type=int, default=0)
+    p.add_argument("--max-tiles", type=int, default=0)
+    p.add_argument("--source", default="auto", choices=("auto", "slides", "tfrecords"))
+    p.add_argument("--overwrite", action="store_true", help="replace bags of another config")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("demo", help="sample slides -> feature bags, on any machine")
     p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
     p.add_argument("--outdir", default="histobag-demo", help="where demo outputs go")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _parse_tile_um(value: str) -> float | str:
+    """Microns as a number, or a magnification such as ``"20x"`` as it is."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Extract feature bags; exit 1 if any slide failed (after finishing the others)."""
+    from histobag.bags import generate_feature_bags
+    from histobag.dataset import Dataset
+    from histobag.extractors.registry import build_feature_extractor, extractor_info
+
+    tile_um = _parse_tile_um(args.tile_um)
+    kwargs = (
+        {"tile_px": args.tile_px}
+        if "tile_px" in extractor_info(args.extractor).required_kwargs
+        else {}
+    )
+    extractor = build_feature_extractor(args.extractor, weights=args.weights, **kwargs)
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+    options = dict(
+        normalizer=args.normalizer,
+        writer=args.writer,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        min_tiles=args.min_tiles,
+        max_tiles=args.max_tiles,
+        overwrite=args.overwrite,
+        source=args.source,
+        progress=not args.no_progress,
+    )
+    if args.project:
+        from histobag.project import Project
+
+        project = Project(args.project)
+        dataset = project.dataset(args.tile_px, tile_um)
+        report = project.generate_feature_bags(
+            extractor, dataset, outdir=args.outdir or "auto", **options
+        )
+    else:
+        if not args.outdir:
+            raise HistobagError("--outdir is required with --slides")
+        dataset = Dataset(args.slides, args.annotations, args.tile_px, tile_um)
+        report = generate_feature_bags(extractor, dataset, args.outdir, **options)
+    print(report.summary())
+    if report.failed:
+        print(
+            f"{len(report.failed)} slide(s) failed; see {report.outdir / 'run_report.json'}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

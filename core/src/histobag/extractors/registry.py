@@ -141,8 +141,10 @@ def build_feature_extractor(
     Args:
         name: Registered name or alias (see :func:`list_extractors`).
         weights: A local checkpoint (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
-            ``torch.load(weights_only=True)``). ``None`` downloads the official weights from
-            Hugging Face (honouring ``HF_TOKEN``, ``HF_HUB_OFFLINE`` and the cache);
+            ``torch.load(weights_only=True)``), or a folder holding one (a download of the
+            model's Hugging Face repository, or a ``save_pretrained`` folder). ``None``
+            downloads the official weights from Hugging Face (honouring ``HF_TOKEN``,
+            ``HF_HUB_OFFLINE`` and the cache);
             ``"random"`` keeps the random initialisation.
         device: ``"cuda"``, ``"cpu"``, ...; default CUDA if available, else CPU.
         mixed_precision: Compute in bfloat16/float16 where the hardware supports it (CUDA, and
@@ -215,6 +217,9 @@ def _load_weights(
         return None, RANDOM_WEIGHTS
     if weights is not None:
         path, source = Path(weights).expanduser(), str(weights)
+        if path.is_dir():
+            preferred = build.hub[1] if build.hub else spec.hf_filename
+            path = wt.checkpoint_in_folder(path, preferred, model=spec.name)
     else:
         hub = build.hub or ((spec.hf_repo, spec.hf_filename) if spec.hf_repo else None)
         if hub is None:

@@ -133,6 +133,27 @@ def download(hub: HubFile, *, model: str) -> Path:
         ) from exc
 
 
+#: Checkpoint names looked for in a folder passed as ``weights=``, after the spec's own file.
+FOLDER_CHECKPOINTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_in_folder(folder: Path, preferred: str | None, *, model: str) -> Path:
+    """The checkpoint inside ``folder``: ``preferred`` (the published file name) if present,
+    else ``model.safetensors``, else ``pytorch_model.bin``.
+
+    Raises:
+        WeightsError: None of them is in the folder.
+    """
+    names = list(dict.fromkeys(n for n in (preferred, *FOLDER_CHECKPOINTS) if n))
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise WeightsError(
+        f"{folder} is a folder without a checkpoint of {model!r} (looked for "
+        f"{', '.join(names)}). Pass the checkpoint file itself as weights=."
+    )
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file safely: safetensors, or ``torch.load(weights_only=True)``.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
-
 from histobag_noncommercial import hf_specs, timm_specs
 
 

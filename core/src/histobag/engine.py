@@ -1,0 +1,480 @@
+"""The one streaming loop that runs a model over tiles (DESIGN principle 2).
+
+Every path that extracts features (a WSI grid, a TFRecord, dataset bags, ``DatasetFeatures``)
+goes through :func:`run`:
+
+- **worker processes** open each slide themselves, read and decode tiles in batches (a
+  ``torch.utils.data.DataLoader`` over an iterable stream, batches shared round-robin between
+  workers), and move on to the next slide while the model finishes the last, so the model does
+  not idle between slides;
+- the **main thread** moves each batch to the device (pinned memory, non-blocking copies on
+  CUDA), applies the stain normalizer and the extractor's preprocessing there, and runs the model
+  under autocast and ``inference_mode``;
+- a **writer thread** assembles each slide's features (spilled to a file when a folder is
+  given) and hands finished slides to a sink (bag writer, in-memory collector...).
+
+Memory is bounded by batch size × queue depth (plus one feature row per tile of the slides in
+flight), never by the size of a slide's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from histobag.errors import HistobagError
+from histobag.io.bags import TMP_PREFIX, TileGeometry
+
+if TYPE_CHECKING:
+    from histobag.extractors.base import FeatureExtractor
+
+
+class TileSource(Protocol):
+    """What the engine reads tiles from (a :class:`~histobag.slide.WSI`, a TFRecord...)."""
+
+    def __len__(self) -> int:
+        """Number of tiles."""
+
+    def read_tiles(self, indices: Sequence[int], *, return_mask: bool = False) -> Any:
+        """uint8 (n, px, px, 3), and with ``return_mask`` a bool (n,) of tiles to keep."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One slide (or TFRecord) to extract.
+
+    Attributes:
+        key: Output name of the slide (already sanitised for file names).
+        open: Picklable callable returning ``(source, top_left (N, 2), geometry)``; called in
+            the worker processes, each of which opens its own handle.
+    """
+
+    key: str
+    open: Callable[[], tuple[TileSource, np.ndarray, TileGeometry]]
+
+
+@dataclass
+class SlideResult:
+    """A finished slide: features of the kept tiles and where they are."""
+
+    key: str
+    features: np.ndarray  # (n_kept, F) float32
+    top_left: np.ndarray  # (n_kept, 2) int64, level 0
+    geometry: TileGeometry
+    kept: np.ndarray  # (n_tiles,) bool: which of the source's tiles passed the pixel filters
+    grid_index: np.ndarray | None = None
+
+
+class Sink(Protocol):
+    """Receives results; called from the writer thread."""
+
+    def finish(self, result: SlideResult) -> None:
+        """A slide's features are complete."""
+
+    def fail(self, key: str, reason: str) -> None:
+        """A slide could not be extracted."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a run report: histobag errors as they are, others with their type."""
+    if isinstance(exc, HistobagError):
+        return str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Worker side: the tile stream
+# ------------------------------------------------------------------------------------------
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode tiles; the main process owns the cores' math
+
+
+class TileStream(torch.utils.data.IterableDataset):
+    """Iterable over the items of a run, split round-robin between DataLoader workers.
+
+    Items: ``("start", job, n_tiles, top_left, geometry, grid_index)`` (from the first worker),
+    ``("batch", job, batch, tiles uint8 (b, px, px, 3), kept bool (b,))`` and
+    ``("error", job, reason)``.
+    """
+
+    def __init__(self, jobs: Sequence[Job], batch_size: int) -> None:
+        self.jobs = list(jobs)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        counter = 0  # global batch number, for round-robin assignment across slides
+        for j, job in enumerate(self.jobs):
+            try:
+                source, top_left, geometry = job.open()
+            except Exception as exc:  # a bad slide is reported, the run goes on
+                if worker == 0:
+                    yield ("error", j, describe_error(exc))
+                continue
+            n = len(source)
+            n_batches = math.ceil(n / self.batch_size)
+            if worker == 0:
+                grid_index = getattr(source, "grid_index", None)
+                yield ("start", j, n, top_left, geometry, grid_index)
+            for b in range(n_batches):
+                if (counter + b) % workers != worker:
+                    continue
+                idx = np.arange(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+                try:
+                    tiles, kept = source.read_tiles(idx, return_mask=True)
+                except Exception as exc:
+                    yield ("error", j, describe_error(exc))
+                    break
+                yield ("batch", j, b, torch.from_numpy(tiles), torch.from_numpy(kept))
+            counter += n_batches
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+# ------------------------------------------------------------------------------------------
+# Writer side: per-slide assembly
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Assembly:
+    n_tiles: int
+    n_batches: int
+    top_left: np.ndarray
+    geometry: TileGeometry
+    grid_index: np.ndarray | None
+    spill: Path | None
+    features: np.ndarray | None = None
+    kept: np.ndarray | None = None
+    received: int = 0
+    pending: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+class _Writer(threading.Thread):
+    """Assembles slides from batches and hands finished ones to the sink."""
+
+    def __init__(
+        self, jobs: Sequence[Job], sink: Sink, batch_size: int, spill_dir: Path | None, depth: int
+    ) -> None:
+        super().__init__(name="histobag-writer", daemon=True)
+        self.jobs = jobs
+        self.sink = sink
+        self.batch_size = batch_size
+        self.spill_dir = spill_dir
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
+        self.slides: dict[int, _Assembly] = {}
+        self.early: dict[int, list[tuple[Any, ...]]] = {}
+        self.done: set[int] = set()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                self._handle(item)
+        except BaseException as exc:  # surfaced by the main thread
+            self.error = exc
+            traceback.print_exc()
+            while self.queue.get() is not None:  # keep draining so the producer never blocks
+                pass
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind, j = item[0], item[1]
+        if j in self.done:
+            return
+        if kind == "error":
+            self._fail(j, item[2])
+        elif kind == "start":
+            _, _, n, top_left, geometry, grid_index = item
+            spill = None
+            if self.spill_dir is not None:
+                fd, name = tempfile.mkstemp(
+                    prefix=TMP_PREFIX, suffix=".features", dir=self.spill_dir
+                )
+                os.close(fd)
+                spill = Path(name)
+            self.slides[j] = _Assembly(
+                n,
+                math.ceil(n / self.batch_size),
+                top_left,
+                geometry,
+                grid_index,
+                spill,
+                kept=np.zeros(n, dtype=bool),
+            )
+            for early in self.early.pop(j, []):
+                self._add(j, early)
+            self._maybe_finish(j)
+        else:
+            if j not in self.slides:
+                self.early.setdefault(j, []).append(item)
+                return
+            self._add(j, item)
+            self._maybe_finish(j)
+
+    def _add(self, j: int, item: tuple[Any, ...]) -> None:
+        _, _, b, features, kept = item
+        slide = self.slides[j]
+        if slide.features is None:
+            shape = (slide.n_tiles, features.shape[1])
+            slide.features = (
+                np.lib.format.open_memmap(slide.spill, mode="w+", dtype=np.float32, shape=shape)
+                if slide.spill is not None
+                else np.empty(shape, dtype=np.float32)
+            )
+        start = b * self.batch_size
+        slide.features[start : start + len(features)] = features
+        slide.kept[start : start + len(features)] = kept
+        slide.received += 1
+
+    def _maybe_finish(self, j: int) -> None:
+        slide = self.slides[j]
+        if slide.received < slide.n_batches:
+            return
+        keep = slide.kept
+        features = (
+            slide.features[keep]
+            if slide.features is not None
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+        result = SlideResult(
+            key=self.jobs[j].key,
+            features=np.ascontiguousarray(features, dtype=np.float32),
+            top_left=np.asarray(slide.top_left, dtype=np.int64)[keep],
+            geometry=slide.geometry,
+            kept=keep,
+            grid_index=None if slide.grid_index is None else slide.grid_index[keep],
+        )
+        try:
+            self.sink.finish(result)
+        except Exception as exc:
+            self.sink.fail(self.jobs[j].key, describe_error(exc))
+        self._release(j)
+
+    def _fail(self, j: int, reason: str) -> None:
+        self.sink.fail(self.jobs[j].key, reason)
+        self.early.pop(j, None)
+        if j in self.slides:
+            self._release(j)
+        self.done.add(j)
+
+    def _release(self, j: int) -> None:
+        slide = self.slides.pop(j)
+        slide.features = None  # close the memmap before deleting its file
+        if slide.spill is not None:
+            slide.spill.unlink(missing_ok=True)
+        self.done.add(j)
+
+    def unfinished(self) -> list[int]:
+        """Jobs that never completed (e.g. a worker died)."""
+        return [j for j in range(len(self.jobs)) if j not in self.done]
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+def auto_workers(device: torch.device) -> int:
+    """Tile-reading processes: one per spare core on CPU (the model needs the rest), more on
+    accelerators, whose host cores are otherwise idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if device.type == "cpu":
+        return max(1, min(4, cores // 4))
+    return max(1, min(8, cores - 1))
+
+
+def run(
+    extractor: FeatureExtractor,
+    jobs: Sequence[Job],
+    sink: Sink,
+    *,
+    batch_size: int = 32,
+    num_workers: int | str = "auto",
+    normalizer: Any = None,
+    spill_dir: str | os.PathLike[str] | None = None,
+    queue_depth: int = 4,
+    progress: Any = None,
+) -> None:
+    """Extract features for every job and pass each finished slide to ``sink``.
+
+    Args:
+        extractor: The feature extractor (its device decides where the model runs).
+        jobs: Slides to process, in order.
+        sink: Receives each finished slide (or its failure), from a writer thread.
+        batch_size: Tiles per model call.
+        num_workers: Tile-reading processes, or ``"auto"``; 0 reads in the main process.
+        normalizer: A stain normalizer applied on the device before preprocessing.
+        spill_dir: Folder for the per-slide feature buffers (memory-mapped), else in memory.
+        queue_depth: Batches prefetched per worker, and results queued for the writer.
+        progress: Optional callback ``progress(job_key, n_tiles_done)`` after each batch.
+    """
+    if not jobs:
+        return
+    device = extractor.device
+    workers = auto_workers(device) if num_workers == "auto" else int(num_workers)
+    workers = min(workers, max(1, len(jobs) * 1000))
+    stream = TileStream(jobs, batch_size)
+    loader = torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=queue_depth if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+        multiprocessing_context="spawn" if workers and device.type == "cuda" else None,
+    )
+    writer = _Writer(
+        jobs,
+        sink,
+        batch_size,
+        Path(spill_dir) if spill_dir else None,
+        depth=queue_depth * max(1, workers) + 2,
+    )
+    writer.start()
+    try:
+        for item in loader:
+            if writer.error is not None:
+                break
+            if item[0] == "batch":
+                _, j, b, tiles, kept = item
+                features = (
+                    extractor.forward_batch(_to_device_batch(tiles, device, normalizer))
+                    .cpu()
+                    .numpy()
+                )
+                writer.queue.put(("batch", j, b, features, kept.numpy()))
+                if progress is not None:
+                    progress(jobs[j].key, len(features))
+            else:
+                writer.queue.put(item)
+    except Exception as exc:
+        # A worker died (e.g. a library crash on a corrupt file): fail what is unfinished.
+        writer.queue.put(None)
+        writer.join()
+        for j in writer.unfinished():
+            sink.fail(jobs[j].key, f"extraction stopped: {describe_error(exc)}")
+        raise
+    writer.queue.put(None)
+    writer.join()
+    if writer.error is not None:
+        raise writer.error
+    for j in writer.unfinished():
+        sink.fail(jobs[j].key, "no tiles were produced (the slide could not be read)")
+
+
+def _to_device_batch(tiles: torch.Tensor, device: torch.device, normalizer: Any) -> torch.Tensor:
+    """uint8 (b, px, px, 3) → uint8 (b, 3, px, px) on the device, stain-normalised."""
+    batch = tiles.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2)
+    if normalizer is not None:
+        batch = normalizer.transform(batch)
+    return batch
+
+
+# ------------------------------------------------------------------------------------------
+# Sinks and entry points used by FeatureExtractor.__call__
+# ------------------------------------------------------------------------------------------
+
+
+class CollectSink:
+    """Keeps finished slides in memory (``results``) and failures (``failures``)."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, SlideResult] = {}
+        self.failures: dict[str, str] = {}
+
+    def finish(self, result: SlideResult) -> None:
+        """Store the result."""
+        self.results[result.key] = result
+
+    def fail(self, key: str, reason: str) -> None:
+        """Store the failure."""
+        self.failures[key] = reason
+
+    def single(self, key: str) -> SlideResult:
+        """The result for ``key``, or the failure as an exception."""
+        if key in self.failures:
+            raise HistobagError(f"Feature extraction failed for {key}: {self.failures[key]}")
+        return self.results[key]
+
+
+def features_from_wsi(
+    extractor: FeatureExtractor,
+    wsi: Any,
+    *,
+    batch_size: int = 32,
+    num_workers: int | str = "auto",
+    normalizer: Any = None,
+) -> np.ma.MaskedArray:
+    """Features of every tile of ``wsi`` as a masked array (rows, cols, F).
+
+    Axis 0 is the grid row (y), axis 1 the grid column (x); positions without a feature
+    (background, ROI-excluded, or removed by the grayspace/whitespace filters) are masked.
+    """
+    from histobag.sources import ExistingWSI
+
+    sink = CollectSink()
+    run(
+        extractor,
+        [Job("wsi", ExistingWSI(wsi))],
+        sink,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        normalizer=normalizer,
+    )
+    result = sink.single("wsi")
+    rows, cols = wsi.grid.shape
+    n_features = result.features.shape[1] if len(result.features) else extractor.num_features
+    out = np.ma.masked_all((rows, cols, n_features), dtype=np.float32)
+    if len(result.features):
+        r, c = result.grid_index.T
+        out[r, c] = result.features
+    return out
+
+
+def features_from_tfrecord(
+    extractor: FeatureExtractor,
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = 32,
+    num_workers: int | str = "auto",
+    normalizer: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 (N, F), coords int64 (N, 2)) for every record of a TFRecord.
+
+    Coordinates are the records' ``loc_x``, ``loc_y``: level-0 tile centres, as slideflow
+    writes them.
+    """
+    from histobag.sources import OpenTFRecord
+
+    sink = CollectSink()
+    run(
+        extractor,
+        [Job("tfrecord", OpenTFRecord(str(path)))],
+        sink,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        normalizer=normalizer,
+    )
+    result = sink.single("tfrecord")
+    features = result.features
+    if not len(features):
+        features = np.zeros((0, extractor.num_features), dtype=np.float32)
+    return torch.from_numpy(features), torch.from_numpy(result.top_left)

@@ -1,0 +1,181 @@
+"""Batched tensor helpers shared by the stain normalizers.
+
+Everything here works on images flattened to ``(B, C, N)`` (``N = H * W``) and on per-image
+pixel masks of shape ``(B, N)``, so that one call handles a whole batch even though every
+image has its own number of tissue pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Incident light intensity used in the optical-density transform ``OD = -log((I + 1) / IO)``.
+#: The ``+ 1`` keeps ``log`` finite for black pixels; with ``IO = 255`` a white pixel has a
+#: slightly negative OD (-0.0039), which every tissue mask below discards.
+IO = 255.0
+
+
+def optical_density(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Optical density ``-log((I + 1) / 255)`` of uint8 RGB intensities ``I``.
+
+    Args:
+        x: uint8 tensor of any shape.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        A tensor of the same shape as ``x``.
+    """
+    # A 256-entry lookup table is faster than log() and gives every pixel bit-identical values
+    # whatever the batch size (vectorised and scalar tails of log() may differ by one ulp).
+    lut = -torch.log((torch.arange(256, dtype=torch.float64) + 1.0) / IO)
+    return lookup(lut.to(device=x.device, dtype=dtype), x)
+
+
+def lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``table[x]`` for a uint8 tensor ``x`` and a 256-entry ``table``, returning ``x``'s shape."""
+    # index_select with int32 indices is the cheapest gather on CPU (int64 doubles the traffic).
+    return table.index_select(0, x.reshape(-1).int()).view(x.shape)
+
+
+def od_to_uint8(od: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`optical_density` exactly and round to uint8: ``I = 255 * exp(-OD) - 1``."""
+    return (torch.exp(-od) * IO - 1.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def min_pixels(n_total: int, fraction: float) -> int:
+    """Fewest tissue pixels an image of ``n_total`` pixels needs to be normalised (at least 2)."""
+    return max(2, math.ceil(fraction * n_total))
+
+
+def masked_quantile(x: torch.Tensor, mask: torch.Tensor | None, q: float) -> torch.Tensor:
+    """Per-row quantile of ``x`` over the entries selected by ``mask``.
+
+    Linear interpolation between order statistics, as ``numpy.quantile``'s default method.
+    Only the ``~min(q, 1 - q)`` fraction of each row nearest the requested end is partially
+    sorted (``torch.topk``), which is much cheaper than a full sort for the 1st or 99th
+    percentile and handles a different number of valid entries in every row.
+
+    Args:
+        x: Floating tensor ``(..., N)``; must not contain NaN.
+        mask: Boolean tensor broadcastable to ``x``, or ``None`` for all entries.
+        q: Quantile in ``[0, 1]``.
+
+    Returns:
+        A tensor of shape ``x.shape[:-1]``. Rows without any selected entry give 0; callers
+        must treat them separately.
+    """
+    n_cols = x.shape[-1]
+    upper = q > 0.5
+    if mask is None:
+        n = torch.full(x.shape[:-1], n_cols, device=x.device, dtype=torch.long)
+        xf = x
+    else:
+        mask = mask.expand_as(x)
+        n = mask.sum(-1)
+        # Unselected entries sort to the far end and are never read (indices are clamped).
+        xf = x.masked_fill(~mask, -math.inf if upper else math.inf)
+    # Rank counted from the end topk selects: q * (n - 1) from the bottom, (1 - q) * (n - 1)
+    # from the top; the interpolation weight is the same either way.
+    frac_rank = (1.0 - q) if upper else q
+    rank = (n - 1).clamp(min=0).to(torch.float64) * frac_rank
+    lo = rank.floor()
+    weight = (rank - lo).to(x.dtype).unsqueeze(-1)
+    k = min(n_cols, math.floor((n_cols - 1) * frac_rank) + 2)
+    vals = torch.topk(xf, k, dim=-1, largest=upper, sorted=True).values
+    last = (n - 1).clamp(min=0).unsqueeze(-1)
+    lo_i = lo.long().unsqueeze(-1).clamp(max=k - 1)
+    hi_i = torch.minimum(lo_i + 1, last).clamp(max=k - 1)
+    a = vals.gather(-1, lo_i)
+    b = vals.gather(-1, hi_i)
+    out = (a + weight * (b - a)).squeeze(-1)
+    return torch.where(n > 0, out, torch.zeros_like(out))
+
+
+def nnqp2(
+    g11: torch.Tensor,
+    g12: torch.Tensor,
+    g22: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly minimise ``0.5 h'Gh - c'h`` over ``h >= 0`` for 2-vectors ``h``, elementwise.
+
+    ``G = [[g11, g12], [g12, g22]]`` must be positive semi-definite; all arguments broadcast
+    (``G`` is typically per image, ``c`` per pixel). With two unknowns the convex problem has a
+    closed form: the unconstrained minimiser when it is non-negative, otherwise the better of
+    the two one-dimensional minimisers on the axes. This solves, per pixel, the non-negative
+    lasso for two stains (``c = W'x - lambda``) and, per channel, the non-negative
+    least-squares update of a 3x2 stain matrix.
+
+    Returns:
+        ``(h1, h2)``, broadcast to a common shape.
+    """
+    tiny = torch.finfo(c1.dtype).tiny
+    det = g11 * g22 - g12 * g12
+    regular = det > 1e-9 * (g11 * g22).clamp(min=tiny)  # else G is singular: axes only
+    inv_det = torch.where(regular, 1.0 / torch.where(regular, det, 1.0), 0.0)
+    both1 = c1 * (g22 * inv_det) - c2 * (g12 * inv_det)
+    both2 = c2 * (g11 * inv_det) - c1 * (g12 * inv_det)
+    interior = (both1 >= 0) & (both2 >= 0) & regular
+    only1 = (c1 * (1.0 / g11.clamp(min=tiny))).clamp_(min=0)
+    only2 = (c2 * (1.0 / g22.clamp(min=tiny))).clamp_(min=0)
+    # Each axis minimum is -0.5 * c * h there, so the lower one has the larger c * h.
+    pick1 = c1 * only1 >= c2 * only2
+    h1 = torch.where(interior, both1, only1 * pick1)
+    h2 = torch.where(interior, both2, only2 * ~pick1)
+    return h1, h2
+
+
+def nn_lasso2(od: torch.Tensor, stains: torch.Tensor, lam: float) -> torch.Tensor:
+    """Per-pixel non-negative lasso: ``argmin_{c >= 0} 0.5 |od - W c|^2 + lam * sum(c)``.
+
+    Args:
+        od: Optical densities ``(B, 3, N)``.
+        stains: Stain matrices ``W`` of shape ``(B, 3, 2)`` (or ``(3, 2)``), one column a stain.
+        lam: L1 penalty (0 gives non-negative least squares).
+
+    Returns:
+        Concentrations ``(B, 2, N)``.
+    """
+    w = stains if stains.dim() == 3 else stains.unsqueeze(0)
+    w1, w2 = w[:, :, 0:1], w[:, :, 1:2]  # (B, 3, 1)
+    g11 = (w1 * w1).sum(1)  # (B, 1)
+    g12 = (w1 * w2).sum(1)
+    g22 = (w2 * w2).sum(1)
+    # Explicit 3-term sums instead of a matmul: elementwise arithmetic is bit-identical whatever
+    # the batch size, so a batch is normalised exactly like each of its images alone.
+    c1 = w1[:, 0] * od[:, 0] + w1[:, 1] * od[:, 1] + w1[:, 2] * od[:, 2] - lam
+    c2 = w2[:, 0] * od[:, 0] + w2[:, 1] * od[:, 1] + w2[:, 2] * od[:, 2] - lam
+    h1, h2 = nnqp2(g11, g12, g22, c1, c2)
+    return torch.stack((h1, h2), dim=1)
+
+
+def compose(stains: torch.Tensor, conc: torch.Tensor) -> torch.Tensor:
+    """Optical density ``W @ C`` of stain matrices ``(B, 3, 2)``, concentrations ``(B, 2, N)``."""
+    w = stains if stains.dim() == 3 else stains.unsqueeze(0)
+    c0, c1 = conc[:, 0:1], conc[:, 1:2]  # (B, 1, N)
+    return w[:, :, 0:1] * c0 + w[:, :, 1:2] * c1
+
+
+def order_he(stains: torch.Tensor) -> torch.Tensor:
+    """Order the two columns of ``(B, 3, 2)`` stain matrices as haematoxylin then eosin.
+
+    Haematoxylin absorbs red light more than eosin, so it is the column with the larger first
+    (red) component.
+    """
+    swap = stains[:, 0, 0] < stains[:, 0, 1]
+    return torch.where(swap[:, None, None], stains.flip(-1), stains)
+
+
+def flatten_sample(x: torch.Tensor, max_pixels: int | None) -> torch.Tensor:
+    """Every ``k``-th pixel of ``(B, C, N)`` images so that at most ``max_pixels`` remain.
+
+    A regular, deterministic subsample: the same pixels for every image and every batch size.
+    """
+    n = x.shape[-1]
+    if max_pixels is None or n <= max_pixels:
+        return x
+    step = math.ceil(n / max_pixels)
+    return x[..., ::step]

@@ -1,0 +1,239 @@
+"""``Project``: a folder with ``project.json`` and default output folders (slideflow-like).
+
+Layout::
+
+    <root>/project.json          name, slide source, annotations, ROI folder (JSON only)
+    <root>/tfrecords/<px>px_<um>um/   tiles, one folder per tile size ('256px_20x' for "20x")
+    <root>/bags/                 feature bags
+    <root>/models/               trained models
+    <root>/results/              analyses
+
+Paths in ``project.json`` are stored relative to the root when they lie inside it, so a project
+folder can be moved with its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histobag.dataset import Dataset, Filters
+from histobag.errors import ConfigError
+from histobag.naming import safe_name
+from histobag.slide.magnification import TileUm, format_tile_um
+
+if TYPE_CHECKING:
+    from histobag.bags import BagRunReport
+
+__all__ = ["PROJECT_FILE", "Project"]
+
+#: Name of the settings file at a project's root.
+PROJECT_FILE = "project.json"
+_FORMAT = "histobag-project"
+_VERSION = 1
+_FOLDERS = ("tfrecords", "bags", "models", "results")
+
+
+def _store(path: str | Path | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def _load(value: Any, root: Path, key: str, file: Path) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{file}: {key!r} must be a path string or null, got {value!r}.")
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+class Project:
+    """A project folder: its slides and annotations, and where outputs go.
+
+    Open an existing project with ``Project(root)``; make one with :meth:`create`.
+
+    Args:
+        root: The project folder (holding ``project.json``).
+
+    Raises:
+        ConfigError: ``project.json`` is missing or invalid.
+
+    Example:
+        >>> P = Project.create("my_project", slides="slides/", annotations="labels.csv")
+        ... # doctest: +SKIP
+        >>> ds = P.dataset(256, "20x", filters={"site": ["A"]})  # doctest: +SKIP
+        >>> ds.extract_tiles()  # writes my_project/tfrecords/256px_20x/  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        file = self.root / PROJECT_FILE
+        if not file.is_file():
+            raise ConfigError(
+                f"{self.root} is not a histobag project (no {PROJECT_FILE}). Create one with "
+                "Project.create(root, slides=..., annotations=...)."
+            )
+        try:
+            settings = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{file} is not valid JSON ({exc}). Fix it, or recreate the project with "
+                "Project.create."
+            ) from None
+        if not isinstance(settings, dict) or settings.get("format") != _FORMAT:
+            raise ConfigError(
+                f'{file} is not a histobag project file (expected "format": "{_FORMAT}"). '
+                "Create one with Project.create."
+            )
+        if settings.get("version") != _VERSION:
+            raise ConfigError(
+                f"{file} has version {settings.get('version')!r}; this histobag reads version "
+                f"{_VERSION}. Upgrade histobag or recreate the project."
+            )
+        self.settings = settings
+        self.name: str = str(settings.get("name") or self.root.name)
+        slides = settings.get("slides")
+        if isinstance(slides, list):
+            self.slides: Path | list[Path] | None = [
+                p for p in (_load(s, self.root, "slides", file) for s in slides) if p is not None
+            ]
+        else:
+            self.slides = _load(slides, self.root, "slides", file)
+        self.annotations = _load(settings.get("annotations"), self.root, "annotations", file)
+        self.roi = _load(settings.get("roi"), self.root, "roi", file)
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        slides: str | Path | Iterable[str | Path] | None = None,
+        annotations: str | Path | None = None,
+        name: str | None = None,
+        *,
+        roi: str | Path | None = None,
+    ) -> Project:
+        """Create a project folder with ``project.json`` and its output folders.
+
+        Args:
+            root: Folder to create (or an existing folder without a project).
+            slides: Folder of slides, or a list of slide paths.
+            annotations: CSV with a ``slide`` column and outcome columns.
+            name: Project name; defaults to the folder's name.
+            roi: Folder of ROI files (``<slide>.geojson`` / ``.csv``).
+
+        Raises:
+            ConfigError: ``root`` already holds a project.
+        """
+        root = Path(root).resolve()
+        file = root / PROJECT_FILE
+        if file.exists():
+            raise ConfigError(
+                f"{root} already holds a project; open it with Project({str(root)!r})."
+            )
+        if isinstance(slides, str | Path) or slides is None:
+            stored_slides: Any = _store(slides, root)
+        else:
+            stored_slides = [_store(p, root) for p in slides]
+        settings = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "name": name or root.name,
+            "slides": stored_slides,
+            "annotations": _store(annotations, root),
+            "roi": _store(roi, root),
+        }
+        for folder in _FOLDERS:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, file)
+        return cls(root)
+
+    # ---------------------------------------------------------------- folders
+
+    def tfrecords_dir(self, tile_px: int, tile_um: TileUm) -> Path:
+        """``<root>/tfrecords/<tile_px>px_<tile_um>um`` (``256px_20x`` for ``"20x"``)."""
+        return self.root / "tfrecords" / f"{int(tile_px)}px_{format_tile_um(tile_um)}"
+
+    @property
+    def bags_dir(self) -> Path:
+        """``<root>/bags``: feature bags."""
+        return self.root / "bags"
+
+    @property
+    def models_dir(self) -> Path:
+        """``<root>/models``: trained models."""
+        return self.root / "models"
+
+    @property
+    def results_dir(self) -> Path:
+        """``<root>/results``: analyses and figures."""
+        return self.root / "results"
+
+    # ---------------------------------------------------------------- datasets
+
+    def dataset(
+        self,
+        tile_px: int,
+        tile_um: TileUm,
+        *,
+        filters: Filters | None = None,
+        filter_blank: str | Sequence[str] | None = None,
+    ) -> Dataset:
+        """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
+
+        Its TFRecord folder is :meth:`tfrecords_dir` for this tile size.
+        """
+        return Dataset(
+            self.slides,
+            self.annotations,
+            tile_px,
+            tile_um,
+            filters=filters,
+            filter_blank=filter_blank,
+            tfrecords=self.tfrecords_dir(tile_px, tile_um),
+            roi=self.roi,
+        )
+
+    def generate_feature_bags(
+        self,
+        extractor: Any,
+        dataset: Dataset | None = None,
+        outdir: str | Path = "auto",
+        **kwargs: Any,
+    ) -> BagRunReport:
+        """Write one feature bag per slide of ``dataset`` (slideflow's signature).
+
+        Args:
+            extractor: A registered extractor name or a built extractor.
+            dataset: Slides at one tile size, e.g. ``P.dataset(224, 112)``.
+            outdir: Bags folder; ``"auto"`` is ``<root>/bags/<extractor>_<px>px_<um>``
+                (plus the normalizer's name if one is used).
+            **kwargs: ``normalizer``, ``writer``, ``batch_size``, ``num_workers``,
+                ``min_tiles``, ``max_tiles``, ``overwrite``, ``source``, ``progress``.
+        """
+        if dataset is None:
+            raise ConfigError(
+                "generate_feature_bags needs a dataset at one tile size, e.g. "
+                "P.generate_feature_bags(extractor, P.dataset(tile_px=224, tile_um=112))."
+            )
+        if outdir == "auto":
+            tag = extractor if isinstance(extractor, str) else extractor.tag
+            norm = kwargs.get("normalizer")
+            norm_tag = norm if isinstance(norm, str) else getattr(norm, "method", None)
+            name = f"{tag}_{dataset.tile_px}px_{format_tile_um(dataset.tile_um)}"
+            outdir = self.bags_dir / safe_name(name + (f"_{norm_tag}" if norm_tag else ""))
+        return dataset.generate_feature_bags(extractor, outdir, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r}, name={self.name!r})"

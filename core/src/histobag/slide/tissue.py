@@ -1,0 +1,165 @@
+"""Tissue detection on thumbnails and the per-tile grayspace / whitespace filters.
+
+Two stages, as in slideflow:
+
+1. A slide-level tissue mask (:func:`otsu_tissue_mask`) computed once on a thumbnail decides
+   which grid positions are tiled at all (:func:`grid_fraction`).
+2. Per-tile filters (:func:`tile_filter_mask`) look at the pixels of each tile as it is read and
+   drop mostly-gray (unstained) or mostly-white tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+__all__ = [
+    "TissueDetector",
+    "grayspace_fraction",
+    "grid_fraction",
+    "otsu_tissue_mask",
+    "saturation",
+    "tile_filter_mask",
+    "whitespace_fraction",
+]
+
+#: A tissue detector maps an RGB uint8 thumbnail (H, W, 3) to a bool mask (H, W).
+TissueDetector = Callable[[np.ndarray], np.ndarray]
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation in [0, 1] of uint8 RGB pixels (any leading shape, last axis 3).
+
+    Same definition as ``skimage.color.rgb2hsv``: ``(max - min) / max``, 0 where max is 0.
+    """
+    rgb = np.asarray(rgb)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # Element-wise max/min over three channel views is much faster than reducing axis -1.
+    hi = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    lo = np.minimum(np.minimum(r, g), b).astype(np.float32)
+    np.subtract(hi, lo, out=lo)
+    np.divide(lo, hi, out=lo, where=hi > 0)
+    return lo
+
+
+def otsu_tissue_mask(thumbnail: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Tissue mask of an RGB thumbnail: Otsu's threshold on its (smoothed) HSV saturation.
+
+    Stained tissue is saturated, glass and background are gray or white. A Gaussian blur of
+    ``sigma`` thumbnail pixels first removes speckle (a fast stand-in for slideflow's median
+    blur; :class:`~histobag.slide.WSI` passes 8 µm/px thumbnails, so 2 px is 16 µm). A
+    thumbnail of a single colour gives an all-False mask.
+
+    Args:
+        thumbnail: uint8 array (H, W, 3).
+        sigma: Gaussian blur in thumbnail pixels before thresholding; 0 disables it.
+
+    Returns:
+        Bool array (H, W), True on tissue.
+    """
+    sat = saturation(thumbnail)
+    if sigma > 0:
+        sat = ndimage.gaussian_filter(sat, sigma=sigma)
+    if float(sat.max() - sat.min()) < 1e-3:
+        return np.zeros(sat.shape, dtype=bool)
+    return sat > threshold_otsu(sat)
+
+
+def grid_fraction(
+    mask: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    extent: int,
+    dimensions: tuple[int, int],
+) -> np.ndarray:
+    """Fraction of each grid tile's footprint that is True in a thumbnail-sized ``mask``.
+
+    Args:
+        mask: Bool (h, w) mask covering the whole slide.
+        xs: Level-0 x of each grid column's left edge.
+        ys: Level-0 y of each grid row's top edge.
+        extent: Tile side in level-0 pixels.
+        dimensions: Level-0 (width, height) of the slide.
+
+    Returns:
+        Float array (len(ys), len(xs)). Parts of a tile beyond the slide count as False.
+    """
+    h, w = mask.shape
+    sx, sy = w / dimensions[0], h / dimensions[1]
+
+    def bounds(starts: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.floor(starts * scale).astype(np.int64)
+        hi = np.maximum(lo + 1, np.ceil((starts + extent) * scale).astype(np.int64))
+        return lo, hi
+
+    x0, x1 = bounds(np.asarray(xs, dtype=np.float64), sx)
+    y0, y1 = bounds(np.asarray(ys, dtype=np.float64), sy)
+    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    # Summed-area table: O(1) per tile whatever the tile size.
+    table = np.zeros((h + 1, w + 1), dtype=np.int64)
+    table[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
+    cx0, cx1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
+    cy0, cy1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
+    inside = (
+        table[cy1[:, None], cx1[None, :]]
+        - table[cy0[:, None], cx1[None, :]]
+        - table[cy1[:, None], cx0[None, :]]
+        + table[cy0[:, None], cx0[None, :]]
+    )
+    return inside / area
+
+
+def grayspace_fraction(tiles: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Per tile, the fraction of pixels whose HSV saturation is below ``threshold``.
+
+    Args:
+        tiles: uint8 (N, H, W, 3).
+        threshold: Saturation in [0, 1] under which a pixel counts as gray.
+    """
+    return (saturation(tiles) < threshold).mean(axis=(1, 2))
+
+
+def whitespace_fraction(tiles: np.ndarray, threshold: int = 230) -> np.ndarray:
+    """Per tile, the fraction of pixels whose R, G and B all exceed ``threshold``.
+
+    Args:
+        tiles: uint8 (N, H, W, 3).
+        threshold: Brightness (0-255) above which every channel must be for a white pixel.
+    """
+    tiles = np.asarray(tiles)
+    white = (tiles[..., 0] > threshold) & (tiles[..., 1] > threshold) & (tiles[..., 2] > threshold)
+    return white.mean(axis=(1, 2))
+
+
+def tile_filter_mask(
+    tiles: np.ndarray,
+    grayspace_fraction_max: float = 0.6,
+    grayspace_threshold: float = 0.05,
+    whitespace_fraction_max: float = 1.0,
+    whitespace_threshold: int = 230,
+) -> np.ndarray:
+    """Which tiles pass slideflow's grayspace and whitespace filters.
+
+    A tile is discarded when its gray fraction exceeds ``grayspace_fraction_max`` or its white
+    fraction exceeds ``whitespace_fraction_max``; a maximum of 1.0 or more disables that filter
+    (slideflow's defaults: grayspace 0.6 at saturation 0.05, whitespace off).
+
+    Args:
+        tiles: uint8 (N, H, W, 3).
+        grayspace_fraction_max: Largest allowed fraction of gray pixels.
+        grayspace_threshold: Saturation under which a pixel is gray.
+        whitespace_fraction_max: Largest allowed fraction of white pixels.
+        whitespace_threshold: Brightness above which a pixel is white.
+
+    Returns:
+        Bool array (N,), True for tiles to keep.
+    """
+    keep = np.ones(len(tiles), dtype=bool)
+    if grayspace_fraction_max < 1.0:
+        keep &= grayspace_fraction(tiles, grayspace_threshold) <= grayspace_fraction_max
+    if whitespace_fraction_max < 1.0:
+        keep &= whitespace_fraction(tiles, whitespace_threshold) <= whitespace_fraction_max
+    return keep

@@ -1,0 +1,94 @@
+"""Tile sources for the engine: picklable openers for slides and TFRecords.
+
+An opener runs inside each worker process and returns ``(source, top_left, geometry)``; the
+engine never ships pixels or open file handles between processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histobag.io.bags import TileGeometry, centres_to_top_left
+
+
+def wsi_geometry(wsi: Any) -> TileGeometry:
+    """Tile geometry of a :class:`~histobag.slide.WSI`."""
+    return TileGeometry(
+        tile_px=int(wsi.tile_px),
+        tile_um=float(wsi.tile_microns),
+        extent_px=int(wsi.full_extract_px),
+        mpp=float(wsi.mpp),
+        level=int(wsi.level),
+    )
+
+
+@dataclass(frozen=True)
+class OpenWSI:
+    """Open a slide file with the given tiling settings (keyword arguments of ``WSI``)."""
+
+    path: str
+    tile_px: int
+    tile_um: float | str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
+        """Open the slide: (WSI, top-left corners, geometry)."""
+        from histobag.slide import WSI
+
+        wsi = WSI(self.path, self.tile_px, self.tile_um, **self.kwargs)
+        return wsi, wsi.coords, wsi_geometry(wsi)
+
+
+@dataclass(frozen=True)
+class ExistingWSI:
+    """Use a WSI the caller already built (it pickles without its file handle)."""
+
+    wsi: Any
+
+    def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
+        """The WSI, its top-left corners and geometry."""
+        return self.wsi, self.wsi.coords, wsi_geometry(self.wsi)
+
+
+class TFRecordTiles:
+    """A TFRecord as a tile source: every record is kept (tiles were filtered when written)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from histobag.io.tfrecord import TFRecordReader
+
+        self.reader = TFRecordReader(path)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def read_tiles(self, indices: Any, *, return_mask: bool = False) -> Any:
+        """Decoded tiles, and an all-True mask."""
+        tiles = self.reader.read_tiles(indices)
+        return (tiles, np.ones(len(tiles), dtype=bool)) if return_mask else tiles
+
+    def close(self) -> None:
+        """Close the file."""
+        self.reader.close()
+
+
+@dataclass(frozen=True)
+class OpenTFRecord:
+    """Open a TFRecord of tiles. ``extent_px`` (level-0 tile size) converts the stored tile
+    centres to top-left corners; 0 when unknown, in which case coordinates stay centres."""
+
+    path: str
+    tile_px: int = 0
+    tile_um: float = 0.0
+    extent_px: int = 0
+    mpp: float | None = None
+
+    def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
+        """Open the TFRecord: (tiles, top-left corners or centres, geometry)."""
+        source = TFRecordTiles(self.path)
+        top_left = centres_to_top_left(source.reader.locations, self.extent_px)
+        geometry = TileGeometry(self.tile_px, self.tile_um, self.extent_px, self.mpp)
+        return source, top_left, geometry
