@@ -32,6 +32,8 @@ class ModelBuild:
         hub: ``(repo, filename)`` of the default weights when they depend on the arguments
             (e.g. the timm architecture behind an ImageNet extractor).
         fixed_input_size: The only input side the network accepts, if it has one.
+        checkpoint_key: Inverse of ``adapt_state_dict``'s renaming for one key, so checkpoint
+            mismatch errors name keys as the checkpoint file does.
         extractor_cls: A :class:`FeatureExtractor` subclass adding model-specific methods.
     """
 
@@ -42,6 +44,7 @@ class ModelBuild:
     preprocessing: Preprocessing | None = None
     hub: tuple[str, str] | None = None
     fixed_input_size: int | None = None
+    checkpoint_key: Callable[[str], str] | None = None
     extractor_cls: type[FeatureExtractor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

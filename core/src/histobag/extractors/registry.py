@@ -236,7 +236,13 @@ def _load_weights(
     state_dict = wt.unwrap(checkpoint, spec.checkpoint_keys)
     if build.adapt_state_dict is not None:
         state_dict = build.adapt_state_dict(state_dict)
-    wt.load_strict(build.weights_target or build.module, state_dict, source=source, model=spec.name)
+    wt.load_strict(
+        build.weights_target or build.module,
+        state_dict,
+        source=source,
+        model=spec.name,
+        key_name=build.checkpoint_key,
+    )
     digest = wt.sha256sum(path)
     if spec.sha256 and digest != spec.sha256:
         warnings.warn(

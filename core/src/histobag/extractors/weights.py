@@ -12,7 +12,7 @@ import hashlib
 import os
 import pickle
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,18 +234,26 @@ def _listing(title: str, items: list[str]) -> str:
 
 
 def load_strict(
-    module: torch.nn.Module, state_dict: Mapping[str, Any], *, source: str, model: str
+    module: torch.nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str,
+    model: str,
+    key_name: Callable[[str], str] | None = None,
 ) -> None:
     """Load ``state_dict`` into ``module``; every key and shape must match.
+
+    ``key_name`` maps a module key to the checkpoint's own name for it, for the error message.
 
     Raises:
         CheckpointMismatchError: With the missing, unexpected and shape-mismatched keys listed.
     """
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    name = key_name or (lambda key: key)
+    missing = sorted(name(k) for k in set(own) - set(state_dict))
+    unexpected = sorted(name(k) for k in set(state_dict) - set(own))
     mismatched = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        f"{name(k)}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state_dict)
         if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
     )

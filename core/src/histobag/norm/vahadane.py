@@ -101,7 +101,7 @@ class Vahadane(_StainMatrixNormalizer):
         lambda_conc: float = 0.01,
         n_iter: int = 20,
         sample_pixels: int = 4096,
-        fit_pixels: int = 1_000_000,
+        fit_pixels: int = 1 << 18,
         alpha: float = 1.0,
         beta: float = 0.15,
         min_tissue: float = 0.01,

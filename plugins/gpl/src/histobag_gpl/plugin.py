@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
+from histobag_gpl import specs
 
 
 @hookimpl
 def histobag_extractors() -> list[ExtractorSpec]:
     """CTransPath and RetCCL."""
-    return []
+    return specs.specs()

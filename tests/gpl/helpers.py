@@ -1,0 +1,20 @@
+"""Helpers of the histobag-gpl tests: the authors' preprocessing and the parity tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import transforms
+
+from histobag.extractors.spec import IMAGENET_MEAN, IMAGENET_STD
+
+#: Parity tolerance between histobag and a reference implementation, fp32 on the CPU.
+ATOL = 1e-5
+
+
+def reference_batch(tiles: np.ndarray) -> torch.Tensor:
+    """The authors' preprocessing: torchvision ToTensor + Normalize(ImageNet), tile by tile."""
+    pipeline = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    return torch.stack([pipeline(tile) for tile in tiles])
