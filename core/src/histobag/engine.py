@@ -118,7 +118,7 @@ class TileStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        counter = 0  # global batch number, for round-robin assignment across slides
+        counter = 0  # global chunk number, for round-robin assignment across slides
         for j, job in enumerate(self.jobs):
             try:
                 source, top_left, geometry = job.open()
@@ -127,24 +127,52 @@ class TileStream(torch.utils.data.IterableDataset):
                     yield ("error", j, describe_error(exc))
                 continue
             n = len(source)
-            n_batches = math.ceil(n / self.batch_size)
+            n_chunks = math.ceil(n / self.batch_size)
             if worker == 0:
-                grid_index = getattr(source, "grid_index", None)
-                yield ("start", j, n, top_left, geometry, grid_index)
-            for b in range(n_batches):
-                if (counter + b) % workers != worker:
-                    continue
-                idx = np.arange(b * self.batch_size, min(n, (b + 1) * self.batch_size))
-                try:
-                    tiles, kept = source.read_tiles(idx, return_mask=True)
-                except Exception as exc:
-                    yield ("error", j, describe_error(exc))
-                    break
-                yield ("batch", j, b, torch.from_numpy(tiles), torch.from_numpy(kept))
-            counter += n_batches
+                yield ("start", j, n, top_left, geometry, getattr(source, "grid_index", None))
+            mine = [c for c in range(n_chunks) if (counter + c) % workers == worker]
+            counter += n_chunks
+            try:
+                yield from self._slide_batches(j, source, mine)
+            except Exception as exc:
+                yield ("error", j, describe_error(exc))
             close = getattr(source, "close", None)
             if close is not None:
                 close()
+
+    def _slide_batches(
+        self, j: int, source: TileSource, chunks: list[int]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Read ``chunks`` of a slide, drop tiles failing the pixel filters, and yield full
+        batches of kept tiles: ``("batch", job, tile indices, tiles, tiles accounted for)``.
+
+        Filtering before batching keeps the model fed with full batches of tissue only.
+        """
+        size = self.batch_size
+        pending_idx: list[np.ndarray] = []
+        pending_tiles: list[np.ndarray] = []
+        buffered = consumed = 0
+        for c in chunks:
+            idx = np.arange(c * size, min(len(source), (c + 1) * size))
+            tiles, kept = source.read_tiles(idx, return_mask=True)
+            consumed += len(idx)
+            if kept.any():
+                pending_idx.append(idx[kept])
+                pending_tiles.append(tiles[kept])
+                buffered += int(kept.sum())
+            while buffered >= size:
+                all_idx = np.concatenate(pending_idx)
+                all_tiles = np.concatenate(pending_tiles)
+                yield ("batch", j, all_idx[:size], torch.from_numpy(all_tiles[:size]), consumed)
+                pending_idx, pending_tiles = [all_idx[size:]], [all_tiles[size:]]
+                buffered -= size
+                consumed = 0
+        if consumed or buffered:
+            all_idx = np.concatenate(pending_idx) if pending_idx else np.zeros(0, np.int64)
+            tiles = (
+                np.concatenate(pending_tiles) if pending_tiles else np.zeros((0, 1, 1, 3), np.uint8)
+            )
+            yield ("batch", j, all_idx, torch.from_numpy(tiles), consumed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,7 +183,6 @@ class TileStream(torch.utils.data.IterableDataset):
 @dataclass
 class _Assembly:
     n_tiles: int
-    n_batches: int
     top_left: np.ndarray
     geometry: TileGeometry
     grid_index: np.ndarray | None
@@ -210,7 +237,6 @@ class _Writer(threading.Thread):
                 spill = Path(name)
             self.slides[j] = _Assembly(
                 n,
-                math.ceil(n / self.batch_size),
                 top_left,
                 geometry,
                 grid_index,
@@ -228,8 +254,11 @@ class _Writer(threading.Thread):
             self._maybe_finish(j)
 
     def _add(self, j: int, item: tuple[Any, ...]) -> None:
-        _, _, b, features, kept = item
+        _, _, indices, features, consumed = item
         slide = self.slides[j]
+        slide.received += consumed
+        if not len(indices):
+            return
         if slide.features is None:
             shape = (slide.n_tiles, features.shape[1])
             slide.features = (
@@ -237,14 +266,12 @@ class _Writer(threading.Thread):
                 if slide.spill is not None
                 else np.empty(shape, dtype=np.float32)
             )
-        start = b * self.batch_size
-        slide.features[start : start + len(features)] = features
-        slide.kept[start : start + len(features)] = kept
-        slide.received += 1
+        slide.features[indices] = features
+        slide.kept[indices] = True
 
     def _maybe_finish(self, j: int) -> None:
         slide = self.slides[j]
-        if slide.received < slide.n_batches:
+        if slide.received < slide.n_tiles:
             return
         keep = slide.kept
         features = (
@@ -354,15 +381,14 @@ def run(
             if writer.error is not None:
                 break
             if item[0] == "batch":
-                _, j, b, tiles, kept = item
-                features = (
-                    extractor.forward_batch(_to_device_batch(tiles, device, normalizer))
-                    .cpu()
-                    .numpy()
-                )
-                writer.queue.put(("batch", j, b, features, kept.numpy()))
+                _, j, indices, tiles, consumed = item
+                features = None
+                if len(indices):
+                    batch = _to_device_batch(tiles, device, normalizer)
+                    features = extractor.forward_batch(batch).cpu().numpy()
+                writer.queue.put(("batch", j, indices, features, consumed))
                 if progress is not None:
-                    progress(jobs[j].key, len(features))
+                    progress(jobs[j].key, len(indices))
             else:
                 writer.queue.put(item)
     except Exception as exc:

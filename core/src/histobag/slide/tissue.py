@@ -155,9 +155,13 @@ def tile_filter_mask(
         whitespace_threshold: Brightness above which a pixel is white.
 
     Returns:
-        Bool array (N,), True for tiles to keep.
+        Bool array (N,), True for tiles to keep. Fractions are computed on every other pixel
+        of every other row.
     """
     keep = np.ones(len(tiles), dtype=bool)
+    # Fractions are estimated on every other pixel in each direction: 4x less work, and a
+    # quarter of a tile's pixels estimates a fraction to well under a percent.
+    tiles = np.asarray(tiles)[:, ::2, ::2]
     if grayspace_fraction_max < 1.0:
         keep &= grayspace_fraction(tiles, grayspace_threshold) <= grayspace_fraction_max
     if whitespace_fraction_max < 1.0:

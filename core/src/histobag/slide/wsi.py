@@ -37,12 +37,23 @@ MASK_MAX_SIDE = 4096
 RoiMethod = Literal["auto", "inside", "outside", "ignore"]
 
 
+#: Most tiles read with one OpenSlide call (bounds the size of one region in memory).
+_STRIP_TILES = 16
+
+
 def rgba_to_rgb(region: Image.Image | np.ndarray) -> np.ndarray:
     """Composite an RGBA region onto white and return uint8 (H, W, 3).
 
     OpenSlide returns transparent pixels outside scanned areas and beyond the slide's edge;
     they become white. Fully opaque pixels are returned unchanged.
     """
+    opaque = (
+        isinstance(region, Image.Image)
+        and region.mode == "RGBA"
+        and region.getchannel("A").getextrema() == (255, 255)
+    )
+    if opaque:  # PIL's C conversion is the fastest path
+        return np.asarray(region.convert("RGB"))
     arr = np.asarray(region)
     if arr.ndim == 3 and arr.shape[-1] == 3:
         return arr
@@ -331,11 +342,52 @@ class WSI:
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"tile index out of range for {self.name} with {len(self)} tiles")
         tiles = np.empty((len(idx), self.tile_px, self.tile_px, 3), dtype=np.uint8)
-        for k, i in enumerate(idx):
-            tiles[k] = self.read_tile_at(*self.coords[i])
+        for run in self._strips(idx):
+            self._read_strip(idx[run], tiles, run)
         if return_mask:
             return tiles, self.tile_filter(tiles)
         return tiles
+
+    def _strips(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Group positions of ``idx`` into runs read with one region each.
+
+        One OpenSlide call per tile costs more than the pixels (about 4 ms against under 2 ms
+        per tile in strips), so neighbouring tiles of one grid row are read together. Only tiles
+        whose level-0 offsets are whole level pixels are grouped, so each tile's pixels are
+        exactly those of its own ``read_region``.
+        """
+        downsample = self.levels[self.level].downsample
+        exact = float(downsample).is_integer()
+        coords = self.coords[idx]
+        runs: list[list[int]] = []
+        for k in range(len(idx)):
+            if runs and exact and len(runs[-1]) < _STRIP_TILES:
+                first = coords[runs[-1][0]]
+                prev = coords[runs[-1][-1]]
+                dx = int(coords[k][0] - prev[0])
+                same_row = coords[k][1] == first[1]
+                if same_row and 0 < dx <= self.full_extract_px and dx % int(downsample) == 0:
+                    runs[-1].append(k)
+                    continue
+            runs.append([k])
+        return [np.asarray(r, dtype=np.int64) for r in runs]
+
+    def _read_strip(self, idx: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+        """Read the tiles ``idx`` (one grid row, left to right) into ``out[positions]``."""
+        x0, y0 = (int(v) for v in self.coords[idx[0]])
+        if len(idx) == 1:
+            out[positions[0]] = self.read_tile_at(x0, y0)
+            return
+        downsample = int(self.levels[self.level].downsample)
+        offsets = (self.coords[idx, 0] - x0) // downsample
+        width = int(offsets[-1]) + self.read_px
+        strip = rgba_to_rgb(self._read_region((x0, y0), self.level, (width, self.read_px)))
+        for pos, off in zip(positions, offsets):
+            tile = strip[:, int(off) : int(off) + self.read_px]
+            if self.read_px != self.tile_px:
+                image = Image.fromarray(np.ascontiguousarray(tile))
+                tile = np.asarray(image.resize((self.tile_px, self.tile_px), RESIZE_FILTER))
+            out[pos] = tile
 
     def read_tile(self, i: int) -> np.ndarray:
         """Read kept tile ``i`` as uint8 (tile_px, tile_px, 3)."""
