@@ -36,12 +36,12 @@ def _slide(folder: Path, scale: int) -> Path:
     path = folder / f"bench-{scale}x.svs"
     if not path.exists():
         # 18 x 13 = 234 tile positions at 1x; scale multiplies the area (and the tiles).
-        side = int(round(scale**0.5))
+        side = round(scale**0.5)
         sample_slide(path, size=(4096 * side, 3072 * side), seed=0)
     return path
 
 
-def _extractor(name: str):  # noqa: ANN202
+def _extractor(name: str):
     import histobag
 
     return histobag.build_feature_extractor(name, tile_px=TILE_PX, weights="random")
@@ -59,8 +59,12 @@ def child_model_only(name: str, batch_size: int, tiles: int) -> dict:
     for _ in range(n_batches):
         fe.forward_batch(batch)
     seconds = time.perf_counter() - start
-    return {"tiles": n_batches * batch_size, "seconds": seconds,
-            "tiles_per_s": n_batches * batch_size / seconds, "precision": fe.precision}
+    return {
+        "tiles": n_batches * batch_size,
+        "seconds": seconds,
+        "tiles_per_s": n_batches * batch_size / seconds,
+        "precision": fe.precision,
+    }
 
 
 def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> dict:
@@ -79,26 +83,37 @@ def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> di
     class Sink:
         tiles = 0
 
-        def finish(self, result):  # noqa: ANN001, ANN202
+        def finish(self, result):
             writer.write(result.key, result.features, result.top_left, result.geometry)
             Sink.tiles = len(result.features)
 
-        def fail(self, key, reason):  # noqa: ANN001, ANN202
+        def fail(self, key, reason):
             raise RuntimeError(reason)
 
     job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM, {"tissue": None}))
     start = time.perf_counter()
-    run(fe, [job], Sink(), batch_size=batch_size,
-        num_workers=workers if workers == "auto" else int(workers), spill_dir=out)
+    run(
+        fe,
+        [job],
+        Sink(),
+        batch_size=batch_size,
+        num_workers=workers if workers == "auto" else int(workers),
+        spill_dir=out,
+    )
     seconds = time.perf_counter() - start
-    return {"tiles": Sink.tiles, "seconds": seconds, "tiles_per_s": Sink.tiles / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "tiles": Sink.tiles,
+        "seconds": seconds,
+        "tiles_per_s": Sink.tiles / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def _child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -123,8 +138,14 @@ def main() -> None:
     folder = Path(tempfile.gettempdir()) / "histobag-bench"
     folder.mkdir(exist_ok=True)
     small, large = _slide(folder, 1), _slide(folder, 4)
-    report = {"device": "cpu", "cpu_count": os.cpu_count(), "torch": torch.__version__,
-              "batch_size": args.batch_size, "workers": args.workers, "models": {}}
+    report = {
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "models": {},
+    }
     for name in args.models:
         e2e = _child("e2e", name, str(args.batch_size), str(small), args.workers)
         model = _child("model", name, str(args.batch_size), str(max(128, e2e["tiles"])))
