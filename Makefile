@@ -31,7 +31,8 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/startup.py
+	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/extract_throughput.py
 
 docs: $(STAMP)
 	$(BIN)/python -m pip install --quiet mkdocs mkdocstrings-python
