@@ -25,6 +25,7 @@ KNOWN_ELSEWHERE: dict[str, str] = {
     "uni2": _NC,
     "hoptimus0": _APACHE,
     "gigapath.slide": _NC,
+    "gigapath-slide": _NC,
     "virchow": _APACHE,
     "h-optimus-0": _APACHE,
     "dinov2": _APACHE,

@@ -193,7 +193,10 @@ def build_feature_extractor(
         config_kwargs["weights"] = str(weights)
     if not mixed_precision:
         config_kwargs["mixed_precision"] = False
-    config_kwargs.update(model_kwargs)
+    # Paths become strings so the configuration stays JSON (bags_config.json, fingerprints).
+    config_kwargs.update(
+        {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in model_kwargs.items()}
+    )
     cls = build.extractor_cls or FeatureExtractor
     return cls(
         spec,

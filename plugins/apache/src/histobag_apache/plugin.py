@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
-from histobag_apache import foundation_specs, imagenet_specs
+from histobag_apache import foundation_specs, imagenet_specs, ssl_specs
 
 
 @hookimpl
 def histobag_extractors() -> list[ExtractorSpec]:
     """ImageNet extractors and the Apache-licensed pathology models."""
-    return [*imagenet_specs.listed_specs(), *foundation_specs.specs()]
+    return [*imagenet_specs.listed_specs(), *foundation_specs.specs(), *ssl_specs.specs()]
 
 
 @hookimpl

@@ -1,0 +1,621 @@
+"""Prov-GigaPath slide encoder: a LongNet ViT over tile features and their positions.
+
+The model (Xu et al., Nature 2024) turns the 1536-d features of a slide's tiles (from the
+``gigapath.tile`` encoder) and the tiles' coordinates into one 768-d slide embedding:
+
+1. ``patch_embed.proj``: a linear map 1536 → 768 of each tile feature;
+2. a fixed 2-D sin-cos position table of ``1000 x 1000 + 1`` rows, indexed from the tile's cell
+   ``(floor(x / 256), floor(y / 256))`` as ``x_cell * 1000 + y_cell + 1`` (row 0 is the class
+   token's); the first half of each row encodes the *y* cell, the second half the *x* cell;
+3. a class token, 12 pre-LN LongNet layers (dilated attention, :mod:`.longnet`), and norms.
+
+Which output (``layer``/``pooling`` of :func:`build_slide_encoder`):
+
+- default ``layer=-1, pooling="cls"``: what the official pipeline
+  (``run_inference_with_slide_encoder``) reports as ``last_layer_embed``: the class token of
+  ``norm(h_12)``, *without* the encoder's output ``layer_norm``;
+- ``layer=i`` (0..12): the pipeline's ``layer_{i}_embed`` (``h_0`` is the encoder input);
+- ``layer="final"``: ``LongNetViT.forward``'s default output ``norm(encoder.layer_norm(h_12))``;
+- ``pooling="mean"``: the same but ``norm(mean of the tile tokens)`` (the official
+  ``global_pool=True``).
+
+Coordinates. The official code takes level-0 ``(x, y)`` top-left corners of 256 px tiles (the
+model was trained on 256 px tiles at 0.5 µm/px) and uses only ``floor(coord / 256)``, the tile's
+cell on the slide grid. Bags of any other tile size or magnification are converted to that grid
+(:func:`to_model_grid`): a tile's cell is ``round(top_left / pitch)``, where ``pitch`` is
+the step of the tile grid (the WSI's stride for :class:`GigaPathExtractor`, which is the tile
+side unless tiles overlap; for bags, the gcd of the coordinate offsets), and the model sees
+``cell * 256``. Only the grid origin is rounded, so no two tiles share a cell.
+Tile centres (``pt`` bags) are first turned into top-left corners. Cells must lie in
+``0 .. 999`` on both axes (the table's size); the official code does not check this (a y cell
+of 1000 silently aliases into the next column), here it is an error.
+
+Use :func:`build_slide_encoder` (or ``histobag.build_feature_extractor("gigapath.slide")``) to
+get a :class:`SlideEncoderExtractor`; :func:`build_gigapath` (registered as ``gigapath``) runs
+tile and slide encoders end to end on a WSI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histobag import ExtractorSpec
+from histobag.errors import ConfigError, ExtractorArgumentError, HistobagError
+from histobag.extractors.base import FeatureExtractor, ModelBuild
+from histobag_noncommercial.longnet import LongNetEncoder
+
+if TYPE_CHECKING:
+    from histobag.extractors.spec import Preprocessing
+
+#: Name of the configuration file :meth:`SlideEncoderExtractor.generate_and_save` writes.
+EMBEDDINGS_CONFIG = "slide_embeddings_config.json"
+
+
+def segment_lengths(max_wsi_size: int, tile_size: int, branches: int) -> tuple[int, ...]:
+    """Official segment lengths: ``int(2 ** linspace(10, log2(cells ** 2), branches))``."""
+    start, stop = 10.0, float(int(math.log2((max_wsi_size // tile_size) ** 2)))
+    if branches == 1:
+        return (int(2**start),)
+    step = (stop - start) / (branches - 1)
+    exps = [start + i * step for i in range(branches - 1)] + [stop]
+    return tuple(int(2**e) for e in exps)
+
+
+@dataclass(frozen=True)
+class SlideEncoderConfig:
+    """Architecture of the slide encoder (defaults: ``gigapath_slide_enc12l768d``)."""
+
+    in_chans: int = 1536
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    slide_ngrids: int = 1000
+    tile_size: int = 256
+    max_wsi_size: int = 262144
+    dilated_ratio: tuple[int, ...] = (1, 2, 4, 8, 16)
+    layernorm_eps: float = 1e-5
+    norm_eps: float = 1e-6
+    segment_length: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.segment_length:
+            lengths = segment_lengths(self.max_wsi_size, self.tile_size, len(self.dilated_ratio))
+            object.__setattr__(self, "segment_length", lengths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        out = asdict(self)
+        out["dilated_ratio"], out["segment_length"] = (
+            list(self.dilated_ratio),
+            list(self.segment_length),
+        )
+        return out
+
+
+#: The published model.
+FULL = SlideEncoderConfig()
+
+
+def sincos_half_table(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) float32: ``[sin(p * w), cos(p * w)]`` for p = 0..n-1, w_j = 10000^(-2j/dim),
+    computed in float64 like the official table."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+class SlideEncoder(nn.Module):
+    """The LongNet ViT of Prov-GigaPath with the official parameter names.
+
+    The (1, 1000001, D) position table of the official code is never built: its rows are
+    the concatenation of two small per-axis tables, gathered per tile.
+    """
+
+    def __init__(self, config: SlideEncoderConfig = FULL) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        if dim % 4:
+            raise ValueError(f"embed_dim must be divisible by 4, not {dim}")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Linear(config.in_chans, dim)
+        self.encoder = LongNetEncoder(
+            dim,
+            config.depth,
+            config.num_heads,
+            int(dim * config.mlp_ratio),
+            config.segment_length,
+            config.dilated_ratio,
+            eps=config.layernorm_eps,
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        half = sincos_half_table(config.slide_ngrids, dim // 2)
+        self.register_buffer("axis_table", half, persistent=False)
+
+    def positions(self, coords: torch.Tensor) -> torch.Tensor:
+        """Official ``coords_to_pos``: (..., 2) ``(x, y)`` → row index ``x_cell * ngrids +
+        y_cell + 1`` (int64), with ``cell = floor(coord / tile_size)`` in the input's dtype."""
+        size = self.config.tile_size
+        if coords.is_floating_point():
+            cells = torch.floor(coords / size).long()
+        else:
+            cells = torch.div(coords, size, rounding_mode="floor").long()
+        return cells[..., 0] * self.config.slide_ngrids + cells[..., 1] + 1
+
+    def position_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows of the official sin-cos table (row 0 = zeros) for int64 ``index`` (...)."""
+        n = self.config.slide_ngrids
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) > n * n):
+            raise ExtractorArgumentError(
+                f"Tile positions fall outside the {n} x {n} grid of {self.config.tile_size} px "
+                "cells the slide encoder was trained on."
+            )
+        k = (index - 1).clamp(min=0)
+        rows = torch.cat([self.axis_table[k % n], self.axis_table[k // n]], dim=-1)
+        return rows * (index > 0).unsqueeze(-1).to(rows.dtype)
+
+    def embed(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Encoder input ``h_0`` (B, L+1, D): class token, then projected tiles + positions."""
+        x = self.patch_embed.proj(features)
+        x = x + self.position_rows(self.positions(coords)).to(x.dtype)
+        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)  # + row 0, which is zero
+        return torch.cat([cls, x], dim=1)
+
+    def hidden_states(self, features: torch.Tensor, coords: torch.Tensor) -> list[torch.Tensor]:
+        """``[h_0, h_1, ..., h_depth]`` (B, L+1, D) each (for inspection; keeps them all)."""
+        states = [self.embed(features, coords)]
+        for layer in self.encoder.layers:
+            states.append(layer(states[-1]))
+        return states
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        coords: torch.Tensor,
+        *,
+        layer: int | str = -1,
+        pooling: str = "cls",
+    ) -> torch.Tensor:
+        """Slide embedding (B, D).
+
+        Args:
+            features: Tile features (B, L, in_chans).
+            coords: Level-0 ``(x, y)`` top-left corners (B, L, 2) on the 256 px grid.
+            layer: -1 (official pipeline, default) or 0..depth: ``norm(h_layer)``;
+                ``"final"``: ``norm(encoder.layer_norm(h_depth))``.
+            pooling: ``"cls"`` (class token) or ``"mean"`` (mean of the tile tokens).
+        """
+        depth = self.config.depth
+        num_layers = depth if layer == "final" else check_layer(layer, depth) % (depth + 1)
+        x = self.encoder(self.embed(features, coords), num_layers)
+        if layer == "final":
+            x = self.encoder.layer_norm(x)
+        if pooling == "mean":
+            return self.norm(x[:, 1:].mean(dim=1))
+        if pooling == "cls":
+            return self.norm(x[:, 0])
+        raise ExtractorArgumentError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+
+
+def check_layer(layer: Any, depth: int) -> int:
+    """Validate an all-layer index (-depth-1 .. depth) and return it."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -depth - 1 <= layer <= depth:
+        raise ExtractorArgumentError(
+            f"layer must be an int in {-depth - 1}..{depth} or 'final', not {layer!r}"
+        )
+    return layer
+
+
+# ------------------------------------------------------------------------------------------
+# Coordinates
+# ------------------------------------------------------------------------------------------
+
+
+def tile_extent(coords: np.ndarray) -> int | None:
+    """Level-0 grid pitch of tile coordinates: the greatest common divisor of their offsets
+    along both axes, or None for a single tile."""
+    xy = np.rint(np.asarray(coords, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    offsets = (xy - xy.min(axis=0)).ravel()
+    pitch = int(np.gcd.reduce(offsets)) if len(offsets) else 0
+    return pitch or None
+
+
+def to_model_grid(
+    coords: np.ndarray,
+    *,
+    pitch_px: int,
+    convention: str = "top_left",
+    extent_px: int | None = None,
+    tile_size: int = 256,
+    ngrids: int = 1000,
+) -> np.ndarray:
+    """Level-0 tile coordinates of any tile size → the model's coordinates (``cell * 256``).
+
+    A tile's cell is its position on the tile grid: ``round(top_left / pitch_px)``. Offsets
+    between tiles are whole numbers of cells, so rounding is done once, for the grid origin;
+    no two grid positions can share a cell.
+
+    Args:
+        coords: (N, 2) ``(x, y)`` level-0 coordinates.
+        pitch_px: Level-0 step of the tile grid (the tile side; the stride for overlapping
+            tiles).
+        convention: ``"top_left"`` or ``"centre"`` (slideflow ``pt`` bags).
+        extent_px: Level-0 tile side, to turn centres into corners (default ``pitch_px``).
+        tile_size: The model's tile size (256).
+        ngrids: Cells per axis the model's table has (1000).
+
+    Raises:
+        ExtractorArgumentError: A cell falls outside ``0 .. ngrids - 1``.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if convention == "centre":
+        coords = coords - (extent_px or pitch_px) // 2
+    elif convention != "top_left":
+        raise ExtractorArgumentError(f"Unknown coordinate convention {convention!r}")
+    if not len(coords):
+        return np.zeros((0, 2), dtype=np.int64)
+    origin = coords.min(axis=0)
+    cells = np.floor(origin / pitch_px + 0.5) + np.rint((coords - origin) / pitch_px)
+    cells = cells.astype(np.int64)
+    if cells.min() < 0 or cells.max() >= ngrids:
+        raise ExtractorArgumentError(
+            f"Tiles span cells {cells.min(axis=0).tolist()}..{cells.max(axis=0).tolist()} of "
+            f"{pitch_px} px, beyond the {ngrids} x {ngrids} grid the GigaPath slide encoder "
+            "was trained on (slides up to 256,000 px at 0.5 µm/px with 256 px tiles). Use "
+            "larger tiles or a region of the slide."
+        )
+    return cells * tile_size
+
+
+# ------------------------------------------------------------------------------------------
+# Extractor
+# ------------------------------------------------------------------------------------------
+
+
+class SlideEncoderExtractor(FeatureExtractor):
+    """A slide encoder: ``extractor(features (N, 1536), coords (N, 2)) -> (768,)`` float32.
+
+    Coordinates given to :meth:`__call__` are the model's own (level-0 top-left corners of
+    256 px tiles); :meth:`embed_bag` and :meth:`generate_and_save` convert bag coordinates of
+    any tile size first (see the module docstring). It does not take images: tile features
+    come from a tile encoder such as ``gigapath.tile``.
+    """
+
+    @property
+    def config(self) -> SlideEncoderConfig:
+        """The architecture."""
+        return self.model.config
+
+    def forward_batch(self, batch: Any) -> torch.Tensor:
+        """Refuses images: this model encodes tile features, not tiles."""
+        raise ExtractorArgumentError(
+            f"{self.tag} encodes a slide from its tile FEATURES and coordinates, not from "
+            "images: call it as extractor(features (N, 1536), coords (N, 2)), or use "
+            "extractor.generate_and_save(bags_dir, outdir) on gigapath.tile bags, or "
+            "build_feature_extractor('gigapath') for slides end to end."
+        )
+
+    def __call__(self, features: Any, coords: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Embedding (D,) float32 on the CPU of one slide's tile features (N, in_chans) and
+        level-0 top-left ``(x, y)`` coordinates (N, 2) on the model's 256 px grid."""
+        if coords is None or kwargs:
+            self.forward_batch(features)  # raises: images, a WSI or a TFRecord were given
+        feats = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        xy = torch.as_tensor(np.asarray(coords))
+        if feats.ndim != 2 or feats.shape[1] != self.config.in_chans:
+            raise ExtractorArgumentError(
+                f"{self.tag} needs features of shape (N, {self.config.in_chans}), "
+                f"got {tuple(feats.shape)}"
+            )
+        if not len(feats):
+            raise ExtractorArgumentError(f"{self.tag}: no tiles to encode (0 feature rows)")
+        if xy.shape != (feats.shape[0], 2):
+            raise ExtractorArgumentError(
+                f"coords must be (N, 2) = ({feats.shape[0]}, 2), got {tuple(xy.shape)}"
+            )
+        if not xy.is_floating_point():
+            xy = xy.long()
+        with torch.inference_mode(), self.autocast():
+            out = self.model(
+                feats[None].to(self.device),
+                xy[None].to(self.device),
+                layer=self.extra["layer"],
+                pooling=self.extra["pooling"],
+            )
+        return out[0].float().cpu()
+
+    def embed_bag(
+        self,
+        features: np.ndarray,
+        coords: np.ndarray,
+        convention: str = "top_left",
+        extent_px: int | None = None,
+    ) -> torch.Tensor:
+        """Embedding of a bag whose coordinates are level-0 corners or centres of tiles of
+        any size (converted to the model's grid, whose pitch is that of the coordinates, see
+        :func:`tile_extent`; ``extent_px``, the level-0 tile side, converts centres to corners
+        and defaults to the pitch)."""
+        pitch = tile_extent(coords) or extent_px or self.config.tile_size
+        grid = to_model_grid(
+            coords,
+            pitch_px=pitch,
+            extent_px=extent_px,
+            convention=convention,
+            tile_size=self.config.tile_size,
+            ngrids=self.config.slide_ngrids,
+        )
+        return self(features, grid)
+
+    def generate_and_save(
+        self,
+        bags_dir: str | os.PathLike[str],
+        outdir: str | os.PathLike[str],
+        *,
+        slides: Iterable[str] | None = None,
+        writer: str | None = None,
+        overwrite: bool = False,
+    ) -> dict[str, str]:
+        """Embed every bag of ``bags_dir`` and write ``<outdir>/<slide>.pt`` (float32 (D,)).
+
+        Bags may be in any registered writer's format (taken from ``bags_config.json`` unless
+        ``writer`` is given). Each file is written atomically, and ``slide_embeddings_config.json``
+        records this extractor, the bags' configuration and the coordinate conversion.
+        Existing embeddings are kept unless ``overwrite``; a folder holding embeddings of
+        another configuration (encoder, weights, layer, pooling or bags) is refused.
+
+        Returns:
+            Slides that failed, with the reason (the others succeeded).
+
+        Raises:
+            ConfigError: ``outdir`` was written with another configuration (and not
+                ``overwrite``).
+        """
+        from histobag.bags_config import fingerprint, read_config
+        from histobag.io.bags import atomic_path, get_writer, read_bag, write_json_atomic
+
+        bags_dir, outdir = Path(bags_dir), Path(outdir)
+        bags_config = read_config(bags_dir) if writer is None else None
+        writer = writer or bags_config["writer"]
+        names = list(slides) if slides is not None else get_writer(writer, bags_dir).slides()
+        identity = {
+            "slide_encoder": self.tag,
+            "weights_sha256": self.weights_sha256,
+            "layer": self.extra["layer"],
+            "pooling": self.extra["pooling"],
+            "bags": fingerprint(bags_config) if bags_config else {"writer": writer},
+        }
+        config_file = outdir / EMBEDDINGS_CONFIG
+        if config_file.is_file() and not overwrite:
+            old = json.loads(config_file.read_text()).get("identity")
+            if old != json.loads(json.dumps(identity)):
+                raise ConfigError(
+                    f"{outdir} holds slide embeddings of another configuration ({old} vs "
+                    f"{identity}). Use another folder, or overwrite=True to replace them."
+                )
+        outdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            config_file,
+            {
+                "identity": identity,
+                "slide_encoder": self.dump_config(),
+                "layer": self.extra["layer"],
+                "pooling": self.extra["pooling"],
+                "num_features": self.num_features,
+                "bags_dir": str(bags_dir),
+                "bags_config": bags_config,
+                "coordinates": "round(top_left / grid pitch) * 256, see to_model_grid",
+                "license": self.license,
+                "citation": self.citation,
+                "provenance": self.provenance(),
+            },
+        )
+        failures: dict[str, str] = {}
+        for slide in names:
+            final = outdir / f"{slide}.pt"
+            if final.exists() and not overwrite:
+                continue
+            try:
+                features, coords, convention = read_bag(bags_dir, slide, writer)
+                embedding = self.embed_bag(features, coords, convention)
+            except (HistobagError, OSError, ValueError, KeyError) as exc:
+                failures[slide] = f"{type(exc).__name__}: {exc}"
+                continue
+            with atomic_path(final) as tmp:
+                torch.save(embedding.clone(), tmp)
+        return failures
+
+
+def slide_build(
+    config: SlideEncoderConfig, *, layer: int | str = -1, pooling: str = "cls"
+) -> ModelBuild:
+    """ModelBuild of a slide encoder of architecture ``config`` (random weights)."""
+    if layer != "final":
+        check_layer(layer, config.depth)
+    if pooling not in ("cls", "mean"):
+        raise ExtractorArgumentError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+    return ModelBuild(
+        module=SlideEncoder(config).eval(),
+        num_features=config.embed_dim,
+        extractor_cls=SlideEncoderExtractor,
+        extra={"layer": layer, "pooling": pooling},
+    )
+
+
+def build_gigapath_slide(
+    spec: ExtractorSpec, *, layer: int | str = -1, pooling: str = "cls"
+) -> ModelBuild:
+    """Factory of ``gigapath.slide``: the full-size encoder; see the module docstring for
+    ``layer`` and ``pooling``."""
+    return slide_build(FULL, layer=layer, pooling=pooling)
+
+
+def build_slide_encoder(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    mixed_precision: bool = True,
+    layer: int | str = -1,
+    pooling: str = "cls",
+    name: str = "gigapath.slide",
+) -> SlideEncoderExtractor:
+    """Build the GigaPath slide encoder (``slide_encoder.pth`` from the gated
+    prov-gigapath/prov-gigapath repository when ``weights`` is None).
+
+    Same as ``histobag.build_feature_extractor("gigapath.slide", ...)``; ``name`` picks another
+    registered slide encoder (e.g. a reduced test model).
+    """
+    from histobag import build_feature_extractor
+
+    extractor = build_feature_extractor(
+        name,
+        weights=weights,
+        device=device,
+        mixed_precision=mixed_precision,
+        layer=layer,
+        pooling=pooling,
+    )
+    if not isinstance(extractor, SlideEncoderExtractor):
+        raise ExtractorArgumentError(f"{name} is not a slide encoder")
+    return extractor
+
+
+# ------------------------------------------------------------------------------------------
+# Tile + slide encoders end to end
+# ------------------------------------------------------------------------------------------
+
+_PREPROCESSING_OVERRIDES = ("resize", "center_crop", "interpolation", "antialias")
+
+
+class GigaPathExtractor(FeatureExtractor):
+    """Prov-GigaPath end to end: :attr:`tile` (``gigapath.tile``) and :attr:`slide`
+    (``gigapath.slide``). ``extractor(wsi)`` returns the slide embedding (768,) float32."""
+
+    def __init__(
+        self,
+        spec: ExtractorSpec,
+        build: ModelBuild,
+        preprocessing: Preprocessing,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(spec, build, preprocessing, **kwargs)
+        from histobag import build_feature_extractor
+
+        extra = self.extra
+        tile_overrides = {
+            k: v for k, v in self._config_kwargs.items() if k in (*_PREPROCESSING_OVERRIDES,)
+        }
+        for key in ("norm_mean", "norm_std"):
+            if key in self._config_kwargs:
+                tile_overrides[key] = tuple(self._config_kwargs[key])
+        self.tile = build_feature_extractor(
+            extra["tile_encoder"],
+            weights=extra["tile_encoder_weights"],
+            device=self.device,
+            mixed_precision=self.mixed_precision,
+            **tile_overrides,
+        )
+        self.slide = build_slide_encoder(
+            extra["slide_encoder_weights"],
+            device=self.device,
+            mixed_precision=self.mixed_precision,
+            layer=extra["layer"],
+            pooling=extra["pooling"],
+            name=extra["slide_encoder"],
+        )
+        if self.tile.num_features != self.slide.config.in_chans:
+            raise ExtractorArgumentError(
+                f"{extra['tile_encoder']} gives {self.tile.num_features} features but "
+                f"{extra['slide_encoder']} takes {self.slide.config.in_chans}"
+            )
+        self.model = nn.ModuleDict({"tile": self.tile.model, "slide": self.slide.model})
+        self.preprocessing = self.tile.preprocessing
+        self.transform = self.tile.transform
+        self._num_features = self.slide.num_features
+
+    def provenance(self) -> dict[str, Any]:
+        """Both encoders' provenance."""
+        return {
+            **self.tile.provenance(),
+            "tile": self.tile.provenance(),
+            "slide": self.slide.provenance(),
+        }
+
+    def forward_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Refuses tile batches: bags of tile features are made with :attr:`tile`."""
+        raise ExtractorArgumentError(
+            "gigapath embeds whole slides: use extractor(wsi). For tile features (and bags) "
+            "use extractor.tile, then extractor.slide.generate_and_save(bags_dir, outdir)."
+        )
+
+    def __call__(self, obj: Any, **kwargs: Any) -> Any:
+        """Slide embedding (768,) of a :class:`histobag.WSI`; ``batch_size``,
+        ``num_workers`` and ``normalizer`` go to the tile-extraction engine."""
+        if not (type(obj).__name__ == "WSI" and hasattr(obj, "read_tiles")):
+            raise ExtractorArgumentError(
+                "gigapath takes a histobag.WSI; use .tile(batch) for tile features and "
+                ".slide(features, coords) for a slide embedding from features."
+            )
+        from histobag.engine import CollectSink, Job, run
+        from histobag.sources import ExistingWSI
+
+        sink = CollectSink()
+        run(self.tile, [Job("wsi", ExistingWSI(obj))], sink, **kwargs)
+        result = sink.single("wsi")
+        if not len(result.features):
+            raise HistobagError("No tissue tiles in this slide: nothing to encode.")
+        grid = to_model_grid(
+            result.top_left,
+            pitch_px=int(getattr(obj, "stride_px", result.geometry.extent_px)),
+            tile_size=self.slide.config.tile_size,
+            ngrids=self.slide.config.slide_ngrids,
+        )
+        return self.slide(result.features, grid)
+
+
+def _no_single_checkpoint(state_dict: dict[str, Any]) -> dict[str, Any]:
+    raise ExtractorArgumentError(
+        "gigapath has two checkpoints: pass tile_encoder_weights= and slide_encoder_weights= "
+        "(each a path, or None to download), not weights=."
+    )
+
+
+def build_gigapath(
+    spec: ExtractorSpec,
+    *,
+    tile_encoder_weights: str | os.PathLike[str] | None = None,
+    slide_encoder_weights: str | os.PathLike[str] | None = None,
+    layer: int | str = -1,
+    pooling: str = "cls",
+    tile_encoder: str = "gigapath.tile",
+    slide_encoder: str = "gigapath.slide",
+) -> ModelBuild:
+    """Factory of ``gigapath``: the two encoders are built (with their weights) when the
+    extractor is created, on its device; ``tile_encoder``/``slide_encoder`` name the
+    registered models to use (reduced test models, fine-tuned variants)."""
+    return ModelBuild(
+        module=nn.Module(),
+        adapt_state_dict=_no_single_checkpoint,
+        num_features=FULL.embed_dim,
+        extractor_cls=GigaPathExtractor,
+        extra={
+            "tile_encoder_weights": tile_encoder_weights,
+            "slide_encoder_weights": slide_encoder_weights,
+            "layer": layer,
+            "pooling": pooling,
+            "tile_encoder": tile_encoder,
+            "slide_encoder": slide_encoder,
+        },
+    )
