@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from histobag.dataset import Dataset
     from histobag.extractors.base import FeatureExtractor
     from histobag.io.bags import rebuild_extractor
+    from histobag.models import save_model
     from histobag.project import Project
     from histobag.slide import WSI
 
@@ -39,6 +40,7 @@ _LAZY = {
     "SlideMap": "histobag.analysis",
     "Mosaic": "histobag.analysis",
     "data": "histobag.data",
+    "save_model": "histobag.models",
 }
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "data",
     "generate_feature_bags",
     "rebuild_extractor",
+    "save_model",
 ]
 
 

@@ -138,6 +138,10 @@ def resolve_extractor(extractor: Any, tile_px: int) -> Any:
     if not isinstance(extractor, str):
         return extractor
     from histobag.extractors.registry import build_feature_extractor, extractor_info
+    from histobag.models import extractor_from_saved_model, is_saved_model
+
+    if is_saved_model(extractor):
+        return extractor_from_saved_model(extractor)
 
     spec = extractor_info(extractor)
     kwargs = {"tile_px": tile_px} if "tile_px" in spec.required_kwargs else {}

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
     p.add_argument("--outdir", default="histobag-demo", help="where demo outputs go")
     p.set_defaults(func=cmd_demo)
+
+    from histobag.analysis.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

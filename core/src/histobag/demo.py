@@ -86,6 +86,12 @@ def run_demo(extractor: str = "resnet18_imagenet", outdir: str | Path = "histoba
     report = project.generate_feature_bags(fe, dataset, progress=True)
     print(report.summary())
 
+    _banner("Analysis: UMAP slide map, mosaic map, statistics")
+    from histobag.analysis.demo import demo_analysis
+
+    for path in demo_analysis(project, report.outdir, project.results_dir / "analysis"):
+        print(f"  {path}")
+
     _banner("Where everything is")
     print(f"  project:       {root / 'project.json'}")
     print(f"  bags:          {report.outdir}  (<slide>.pt + <slide>.index.npz)")

@@ -228,12 +228,35 @@ class Project:
                 "P.generate_feature_bags(extractor, P.dataset(tile_px=224, tile_um=112))."
             )
         if outdir == "auto":
-            tag = extractor if isinstance(extractor, str) else extractor.tag
+            from histobag.models import is_saved_model
+
+            if isinstance(extractor, str):
+                tag = Path(extractor).name if is_saved_model(extractor) else extractor
+            else:
+                tag = extractor.tag
             norm = kwargs.get("normalizer")
             norm_tag = norm if isinstance(norm, str) else getattr(norm, "method", None)
             name = f"{tag}_{dataset.tile_px}px_{format_tile_um(dataset.tile_um)}"
             outdir = self.bags_dir / safe_name(name + (f"_{norm_tag}" if norm_tag else ""))
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
+
+    def generate_features(self, model: Any, dataset: Dataset | None = None, **kwargs: Any) -> Any:
+        """Tile features of a dataset in memory (a :class:`~histobag.analysis.DatasetFeatures`).
+
+        See :func:`histobag.analysis.project_methods.generate_features`.
+        """
+        from histobag.analysis.project_methods import generate_features
+
+        return generate_features(self, model, dataset, **kwargs)
+
+    def generate_mosaic(self, df: Any, dataset: Dataset | None = None, **kwargs: Any) -> Any:
+        """A mosaic map of tile images over a UMAP (a :class:`~histobag.analysis.Mosaic`).
+
+        See :func:`histobag.analysis.project_methods.generate_mosaic`.
+        """
+        from histobag.analysis.project_methods import generate_mosaic
+
+        return generate_mosaic(self, df, dataset, **kwargs)
 
     def __repr__(self) -> str:
         return f"Project({str(self.root)!r}, name={self.name!r})"

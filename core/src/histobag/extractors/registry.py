@@ -139,7 +139,8 @@ def build_feature_extractor(
     """Build an installed feature extractor by name, with its pretrained weights.
 
     Args:
-        name: Registered name or alias (see :func:`list_extractors`).
+        name: Registered name or alias (see :func:`list_extractors`), or the folder of a model
+            saved with :func:`histobag.save_model`.
         weights: A local checkpoint (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
             ``torch.load(weights_only=True)``), or a folder holding one (a download of the
             model's Hugging Face repository, or a ``save_pretrained`` folder). ``None``
@@ -164,6 +165,23 @@ def build_feature_extractor(
         ExtractorArgumentError: An unknown keyword argument or bad value.
         WeightsError: Weights could not be found, downloaded or loaded.
     """
+    from histobag.models import extractor_from_saved_model, is_saved_model
+
+    if is_saved_model(name):  # a folder written by histobag.save_model
+        return extractor_from_saved_model(
+            name,
+            weights=weights,
+            device=device,
+            mixed_precision=mixed_precision,
+            resize=resize,
+            center_crop=center_crop,
+            interpolation=interpolation,
+            antialias=antialias,
+            norm_mean=norm_mean,
+            norm_std=norm_std,
+            **model_kwargs,
+        )
+
     from histobag.extractors.base import FeatureExtractor, ModelBuild
     from histobag.extractors.preprocess import resolve_preprocessing
 

@@ -21,9 +21,6 @@ from histobag.norm.presets import DEFAULT_PRESET, PRESETS
 
 _N = TypeVar("_N", bound="StainNormalizer")
 
-# Pixels per chunk when transforming on a CPU (see StainNormalizer.transform).
-_CPU_CHUNK_PIXELS = 1 << 18
-
 
 class StainNormalizer:
     """Base class of the stain normalizers.
@@ -43,6 +40,8 @@ class StainNormalizer:
     method: ClassVar[str] = ""
     #: Keys of :meth:`get_fit` and the shape of each value.
     fit_shapes: ClassVar[dict[str, tuple[int, ...]]] = {}
+    #: Pixels per chunk when transforming on a CPU (see :meth:`transform`).
+    cpu_chunk_pixels: ClassVar[int] = 1 << 19
 
     def __init__(self, fit: Any = DEFAULT_PRESET, *, min_tissue: float = 0.01) -> None:
         if not 0.0 <= min_tissue < 1.0:
@@ -187,7 +186,7 @@ class StainNormalizer:
         target = self._target(x.device, torch.float32)
         # On CPUs, a few images at a time keep the many per-pixel temporaries in cache; on
         # accelerators the whole batch is one set of kernels. Results are the same either way.
-        step = b if x.device.type != "cpu" else max(1, _CPU_CHUNK_PIXELS // (h * w))
+        step = b if x.device.type != "cpu" else max(1, self.cpu_chunk_pixels // (h * w))
         with torch.no_grad():
             parts = [self._transform(part, target) for part in flat.split(step)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts)

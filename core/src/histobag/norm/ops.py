@@ -79,9 +79,10 @@ def masked_quantile(x: torch.Tensor, mask: torch.Tensor | None, q: float) -> tor
     # Rank counted from the end topk selects: q * (n - 1) from the bottom, (1 - q) * (n - 1)
     # from the top; the interpolation weight is the same either way.
     frac_rank = (1.0 - q) if upper else q
-    rank = (n - 1).clamp(min=0).to(torch.float64) * frac_rank
+    # In x's dtype: some accelerators (MPS) have no float64.
+    rank = (n - 1).clamp(min=0).to(x.dtype) * frac_rank
     lo = rank.floor()
-    weight = (rank - lo).to(x.dtype).unsqueeze(-1)
+    weight = (rank - lo).unsqueeze(-1)
     k = min(n_cols, math.floor((n_cols - 1) * frac_rank) + 2)
     vals = torch.topk(xf, k, dim=-1, largest=upper, sorted=True).values
     last = (n - 1).clamp(min=0).unsqueeze(-1)

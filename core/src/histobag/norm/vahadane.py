@@ -22,7 +22,7 @@ stains, as in the reference implementation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -92,6 +92,8 @@ class Vahadane(_StainMatrixNormalizer):
     """
 
     method = "vahadane"
+    # Few temporaries per pixel, and the factorisation rounds favour many tiles at once.
+    cpu_chunk_pixels: ClassVar[int] = 1 << 20
 
     def __init__(
         self,
@@ -101,7 +103,7 @@ class Vahadane(_StainMatrixNormalizer):
         lambda_conc: float = 0.01,
         n_iter: int = 20,
         sample_pixels: int = 4096,
-        fit_pixels: int = 1 << 18,
+        fit_pixels: int = 1 << 16,
         alpha: float = 1.0,
         beta: float = 0.15,
         min_tissue: float = 0.01,

@@ -1,0 +1,173 @@
+"""``Features``: layer activations (and logits) of a model on tiles or a whole slide."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histobag.errors import ExtractorArgumentError
+
+__all__ = ["Features", "load_model_extractor", "split_logits"]
+
+_DEFAULT_LAYERS = (None, "postconv", ["postconv"])
+
+
+def load_model_extractor(
+    model: Any,
+    *,
+    layers: str | Sequence[str] | None = None,
+    include_logits: bool = False,
+    tile_px: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A :class:`FeatureExtractor` from a saved-model folder, a registered name or a built one.
+
+    Args:
+        model: Saved model folder (see :func:`histobag.models.save_model`), registered
+            extractor name, or a built extractor (returned as it is).
+        layers: Layer name(s) to take activations from (saved models, and registered models
+            that accept ``layers=``, e.g. the ImageNet ones).
+        include_logits: Append the classifier's logits (saved models only).
+        tile_px: Tile size, for registered models that need it.
+        **kwargs: Passed to the builder (``device``, ``mixed_precision``...).
+    """
+    from histobag.models import extractor_from_saved_model, is_saved_model
+
+    if not isinstance(model, (str, os.PathLike)):
+        if layers not in _DEFAULT_LAYERS or include_logits:
+            raise ExtractorArgumentError(
+                "layers= and include_logits= need a model path or name; a built extractor "
+                "already has its layers."
+            )
+        return model
+    if is_saved_model(model):
+        return extractor_from_saved_model(
+            model, layers=layers, include_logits=include_logits, **kwargs
+        )
+    if include_logits:
+        raise ExtractorArgumentError(
+            f"include_logits needs a saved model with a classifier; {model!r} is not a saved "
+            "model folder."
+        )
+    from histobag.extractors.registry import build_feature_extractor, extractor_info
+
+    spec = extractor_info(str(model))
+    if layers not in _DEFAULT_LAYERS:  # models without a layers= argument give postconv
+        kwargs["layers"] = layers
+    if "tile_px" in spec.required_kwargs:
+        if tile_px is None:
+            raise ExtractorArgumentError(f"{model} needs tile_px=.")
+        kwargs["tile_px"] = tile_px
+    return build_feature_extractor(str(model), **kwargs)
+
+
+def split_logits(extractor: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split extractor output rows into (activations, logits or None)."""
+    n = int(getattr(extractor, "num_logits", 0) or 0)
+    if n == 0:
+        return rows, None
+    return rows[..., :-n], rows[..., -n:]
+
+
+def saved_normalizer(extractor: Any) -> Any:
+    """The stain normalizer recorded in a saved model's configuration, built (or None)."""
+    config = (getattr(extractor, "extra", None) or {}).get("config") or {}
+    if not config.get("normalizer"):
+        return None
+    from histobag.bags_config import build_normalizer
+
+    return build_normalizer(config["normalizer"])
+
+
+class Features:
+    """Activations of any layer(s) of a model, on a batch of tiles or on a whole slide.
+
+    Args:
+        model: A saved model folder, a registered extractor name, or a built extractor.
+        layers: Module name(s) whose pooled activations are concatenated; ``"postconv"``
+            (default) is the pooled pre-logits output.
+        include_logits: Also return the classifier's logits (saved models).
+        normalizer: Stain normalizer (name or object); default the one recorded in a saved
+            model, else none.
+        batch_size: Tiles per model call on a slide.
+        num_workers: Tile-reading processes on a slide (``"auto"`` or an int).
+        **kwargs: Passed to the extractor builder (``device``, ``mixed_precision``,
+            ``tile_px`` for models that need it...).
+
+    Example:
+        >>> F = Features("models/tumor_resnet18", layers=["layer3", "postconv"],
+        ...              include_logits=True)  # doctest: +SKIP
+        >>> acts, logits = F(tiles_uint8)  # (B, F) and (B, n_classes)  # doctest: +SKIP
+        >>> grid = F(wsi)[0]  # masked (rows, cols, F)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        layers: str | Sequence[str] | None = "postconv",
+        include_logits: bool = False,
+        *,
+        normalizer: Any = "auto",
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        self.extractor = load_model_extractor(
+            model, layers=layers, include_logits=include_logits, **kwargs
+        )
+        self.include_logits = include_logits
+        if normalizer == "auto":
+            self.normalizer = saved_normalizer(self.extractor)
+        else:
+            from histobag.bags import resolve_normalizer
+
+            self.normalizer = resolve_normalizer(normalizer)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @property
+    def num_features(self) -> int:
+        """Length of the activation vector (logits excluded)."""
+        return self.extractor.num_features - int(getattr(self.extractor, "num_logits", 0))
+
+    def __call__(self, obj: Any) -> Any:
+        """Activations of a uint8 batch or a :class:`~histobag.WSI`.
+
+        Args:
+            obj: numpy uint8 (B, H, W, 3) or (H, W, 3), a uint8 tensor (B, 3, H, W), or a WSI.
+
+        Returns:
+            For a batch: float32 (B, F), or ``(activations, logits)`` with ``include_logits``.
+            For a WSI: a masked float32 grid (rows, cols, F) (background tiles masked), or
+            ``(activations, logits)`` grids with ``include_logits``.
+        """
+        if type(obj).__name__ == "WSI" and hasattr(obj, "read_tiles"):
+            from histobag.engine import features_from_wsi
+
+            grid = features_from_wsi(
+                self.extractor,
+                obj,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                normalizer=self.normalizer,
+            )
+        else:
+            from histobag.extractors.preprocess import to_batch
+
+            batch = to_batch(obj).to(self.extractor.device)
+            if self.normalizer is not None:  # as the engine does: stain-normalise, then model
+                batch = self.normalizer.transform(batch)
+            grid = self.extractor.forward_batch(batch).cpu().numpy()
+        activations, logits = split_logits(self.extractor, grid)
+        return (activations, logits) if self.include_logits else activations
+
+    def __repr__(self) -> str:
+        path = (getattr(self.extractor, "extra", None) or {}).get("path")
+        return (
+            f"Features({Path(path).name if path else self.extractor.tag!r}, "
+            f"num_features={self.num_features}, include_logits={self.include_logits})"
+        )
