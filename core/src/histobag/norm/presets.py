@@ -4,8 +4,9 @@
 
 * ``macenko`` / ``vahadane`` ``"v1"``: the H&E reference stain matrix (columns haematoxylin,
   eosin; rows R, G, B optical density, unit columns) and 99th-percentile maximum
-  concentrations published with Macenko et al., "A method for normalizing histology slides
-  for quantitative analysis", ISBI 2009, and used as defaults by most implementations since.
+  concentrations of the reference implementation of Macenko et al., "A method for
+  normalizing histology slides for quantitative analysis", ISBI 2009; most implementations
+  use them as their defaults.
 * ``reinhard`` / ``reinhard_mask`` ``"v1"``: CIE L*a*b* means and standard deviations of an
   H&E-like reference tile: scikit-image's bundled ``immunohistochemistry()`` image normalised
   with ``Macenko("v1")`` (which re-renders its two stains with the H&E reference colours),
