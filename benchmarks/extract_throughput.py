@@ -35,7 +35,8 @@ def _slide(folder: Path, scale: int) -> Path:
 
     path = folder / f"bench-{scale}x.svs"
     if not path.exists():
-        # 18 x 13 = 234 tile positions at 1x; scale multiplies the area (and the tiles).
+        # 18 x 13 = 234 tile positions at 1x (about a quarter tissue); scale multiplies the
+        # area and the tiles.
         side = round(scale**0.5)
         sample_slide(path, size=(4096 * side, 3072 * side), seed=0)
     return path
@@ -90,7 +91,7 @@ def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> di
         def fail(self, key, reason):
             raise RuntimeError(reason)
 
-    job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM, {"tissue": None}))
+    job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM))  # default Otsu tissue detection
     start = time.perf_counter()
     run(
         fe,
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="auto")
+    parser.add_argument("--scale", type=int, default=4, help="slide area, in 4096x3072 units")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -137,13 +139,14 @@ def main() -> None:
 
     folder = Path(tempfile.gettempdir()) / "histobag-bench"
     folder.mkdir(exist_ok=True)
-    small, large = _slide(folder, 1), _slide(folder, 4)
+    small, large = _slide(folder, args.scale), _slide(folder, 4 * args.scale)
     report = {
         "device": "cpu",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "workers": args.workers,
+        "scale": args.scale,
         "models": {},
     }
     for name in args.models:
