@@ -10,7 +10,6 @@ and compared in float32 on real histology tiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +20,12 @@ from torch import nn
 
 import histobag
 from histobag.errors import CheckpointMismatchError, ExtractorArgumentError, WeightsError
-from histobag_apache import dinov2, ssl_specs
+from histobag_apache import dinov2
 from tests.helpers import histology_tiles, perturb_
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 SIZE = 64  # crops.global_crops_size of the test runs: 4 x 4 patches of 16 px
-
-
-class _Specs:
-    def __init__(self, specs):
-        self.specs = specs
-
-    @histobag.hookimpl
-    def histobag_extractors(self):
-        return self.specs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered() -> Iterator[None]:
-    """The pack's specs, in-process until plugin.py provides them."""
-    installed = set(histobag.list_extractors())
-    specs = [s for s in ssl_specs.specs() if s.name not in installed]
-    plugin = histobag.register_plugin(_Specs(specs), name="test-ssl-specs-dinov2")
-    try:
-        yield
-    finally:
-        histobag.unregister_plugin(plugin)
 
 
 # -- reference DINOv2 ViT --------------------------------------------------------------------

@@ -8,8 +8,6 @@ compared with the plain backbone on real histology tiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import timm
@@ -18,32 +16,11 @@ import torchvision
 
 import histobag
 from histobag.errors import ExtractorArgumentError, WeightsError
-from histobag_apache import simclr, ssl_specs
+from histobag_apache import simclr
 from tests.helpers import histology_tiles, perturb_
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-class _Specs:
-    def __init__(self, specs):
-        self.specs = specs
-
-    @histobag.hookimpl
-    def histobag_extractors(self):
-        return self.specs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered() -> Iterator[None]:
-    """The pack's specs, in-process until plugin.py provides them."""
-    installed = set(histobag.list_extractors())
-    specs = [s for s in ssl_specs.specs() if s.name not in installed]
-    plugin = histobag.register_plugin(_Specs(specs), name="test-ssl-specs-simclr")
-    try:
-        yield
-    finally:
-        histobag.unregister_plugin(plugin)
 
 
 def normalised(tiles: np.ndarray) -> torch.Tensor:

@@ -29,6 +29,7 @@ from histobag.io.bags import read_bag
 from histobag.slide import WSI
 from histobag_noncommercial import gigapath_slide as gs
 from histobag_noncommercial import gigapath_specs, longnet
+from tests.core.toy_models import registered as registered_specs
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gigapath-slide"
 SMALL = gs.SlideEncoderConfig(in_chans=64, embed_dim=256, depth=2)
@@ -50,22 +51,11 @@ def tiny_tile(spec: ExtractorSpec) -> ModelBuild:
     return ModelBuild(module=net.eval(), num_features=64, fixed_input_size=16)
 
 
-class _Specs:
-    def __init__(self, specs: list[ExtractorSpec]) -> None:
-        self.specs = specs
-
-    @histobag.hookimpl
-    def histobag_extractors(self) -> list[ExtractorSpec]:
-        return self.specs
-
-
 @pytest.fixture(scope="module", autouse=True)
 def registered() -> Iterator[None]:
-    """The pack's specs (if plugin.py does not provide them yet) and the reduced models."""
-    installed = set(histobag.list_extractors())
-    specs = [s for s in gigapath_specs.specs() if s.name not in installed]
+    """Reduced GigaPath models beside the pack's own (registered in-process)."""
     slide = gigapath_specs.gigapath_slide()
-    specs += [
+    specs = [
         slide.replace(
             name="gigapath.slide-small",
             aliases=(),
@@ -83,11 +73,8 @@ def registered() -> Iterator[None]:
             preprocessing=Preprocessing(),
         ),
     ]
-    plugin = histobag.register_plugin(_Specs(specs), name="test-gigapath-slide")
-    try:
+    with registered_specs(*specs):
         yield
-    finally:
-        histobag.unregister_plugin(plugin)
 
 
 @pytest.fixture(scope="module")
