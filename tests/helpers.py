@@ -46,3 +46,28 @@ def perturb_(module, seed: int = 0, scale: float = 0.5) -> None:
                 tensor.mul_(noise.exp())
             else:
                 tensor.add_(noise * (tensor.std() if tensor.numel() > 1 else 1.0) + noise * 0.02)
+
+
+def assert_full_size_timm_layout(name: str, arch: str, kwargs: dict, million_params: float) -> None:
+    """On the ``meta`` device, the registered extractor's weights target has exactly the keys and
+    shapes of ``timm.create_model(arch, **kwargs)`` (the official checkpoint's layout), the
+    reference has the published parameter count, and the input size is fixed exactly when
+    the reference has no dynamic image size."""
+    import pytest
+    import timm
+    import torch
+
+    import histobag
+
+    def layout(module) -> dict:
+        return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+    spec = histobag.extractor_info(name)
+    with torch.device("meta"):
+        build = spec.load_factory()(spec)
+        reference = timm.create_model(arch, pretrained=False, **kwargs)
+    assert layout(build.weights_target) == layout(reference)
+    n_params = sum(p.numel() for p in reference.parameters())
+    assert n_params == pytest.approx(million_params * 1e6, rel=0.005)
+    expected_fixed = None if reference.dynamic_img_size else spec.input_size
+    assert build.fixed_input_size == expected_fixed

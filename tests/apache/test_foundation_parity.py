@@ -26,7 +26,7 @@ import histobag
 from histobag.errors import ExtractorArgumentError
 from histobag.extractors.preprocess import build_transform
 from histobag_apache import hoptimus, virchow
-from tests.helpers import histology_tiles, perturb_
+from tests.helpers import assert_full_size_timm_layout, histology_tiles, perturb_
 
 DEPTH = 2
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -98,10 +98,6 @@ CASES = {
 }
 
 
-def _layout(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
 def _reference_batch(tiles: np.ndarray, case: Case) -> torch.Tensor:
     """The model card's pipeline on float tensors (PIL's uint8 rounding is checked apart)."""
     steps: list[torch.nn.Module] = []
@@ -117,15 +113,7 @@ def _reference_batch(tiles: np.ndarray, case: Case) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(CASES))
 def test_full_size_layout_matches_official(name: str) -> None:
     case = CASES[name]
-    spec = histobag.extractor_info(name)
-    with torch.device("meta"):
-        build = spec.load_factory()(spec)
-        reference = timm.create_model(case.arch, pretrained=False, **case.kwargs)
-    assert _layout(build.weights_target) == _layout(reference)
-    n_params = sum(p.numel() for p in reference.parameters())
-    assert n_params == pytest.approx(case.million_params * 1e6, rel=0.005)
-    expected_fixed = None if reference.dynamic_img_size else spec.input_size
-    assert build.fixed_input_size == expected_fixed
+    assert_full_size_timm_layout(name, case.arch, case.kwargs, case.million_params)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 import histobag
 from histobag.extractors.preprocess import build_transform
 from histobag_noncommercial import gigapath_tile, uni, uni2, virchow2
-from tests.helpers import histology_tiles, perturb_
+from tests.helpers import assert_full_size_timm_layout, histology_tiles, perturb_
 
 DEPTH = 2
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -137,10 +137,6 @@ CASES = {
 }
 
 
-def _layout(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
 def _to_float(tiles: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
 
@@ -175,15 +171,7 @@ def _shrink(monkeypatch, module: ModuleType, depth: int = DEPTH) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_full_size_layout_matches_official(name: str) -> None:
     case = CASES[name]
-    spec = histobag.extractor_info(name)
-    with torch.device("meta"):
-        build = spec.load_factory()(spec)
-        reference = timm.create_model(case.arch, pretrained=False, **case.kwargs)
-    assert _layout(build.weights_target) == _layout(reference)
-    n_params = sum(p.numel() for p in reference.parameters())
-    assert n_params == pytest.approx(case.million_params * 1e6, rel=0.005)
-    expected_fixed = None if reference.dynamic_img_size else spec.input_size
-    assert build.fixed_input_size == expected_fixed
+    assert_full_size_timm_layout(name, case.arch, case.kwargs, case.million_params)
 
 
 @pytest.mark.parametrize("name", list(CASES))
