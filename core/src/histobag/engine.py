@@ -196,13 +196,10 @@ class _Assembly:
 class _Writer(threading.Thread):
     """Assembles slides from batches and hands finished ones to the sink."""
 
-    def __init__(
-        self, jobs: Sequence[Job], sink: Sink, batch_size: int, spill_dir: Path | None, depth: int
-    ) -> None:
+    def __init__(self, jobs: Sequence[Job], sink: Sink, spill_dir: Path | None, depth: int) -> None:
         super().__init__(name="histobag-writer", daemon=True)
         self.jobs = jobs
         self.sink = sink
-        self.batch_size = batch_size
         self.spill_dir = spill_dir
         self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
         self.slides: dict[int, _Assembly] = {}
@@ -371,7 +368,6 @@ def run(
     writer = _Writer(
         jobs,
         sink,
-        batch_size,
         Path(spill_dir) if spill_dir else None,
         depth=queue_depth * max(1, workers) + 2,
     )
