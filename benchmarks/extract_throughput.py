@@ -2,14 +2,16 @@
 
 For each model (random weights, so nothing is downloaded), at one batch size:
 
-- ``model_only``: tiles/s of the extractor (preprocessing + model) on random uint8 batches;
-- ``end_to_end``: tiles/s of the streaming engine on a sample slide, from opening the slide to
-  the bag written (tile reading and decoding in worker processes, the model, the writer);
-- ``ratio``: end_to_end / model_only (the goal on a CPU: at least 0.95);
-- ``peak_rss_mb``: peak resident memory of the extracting process, for a slide and for a slide
-  with 4x the tiles (the goal: at most 1.1x).
+- ``ratio``: end-to-end tiles/s of the streaming engine on a sample slide (from opening the
+  slide to the bag written: tile reading and decoding in worker processes, the model, the
+  writer) divided by the model-only tiles/s (preprocessing + model on random uint8 batches)
+  measured in the same process just before and just after, so both see the same machine.
+  Repeated ``--repeats`` times, each in a fresh process; the median is reported (the goal on
+  a CPU: at least 0.95);
+- ``peak_rss_mb``: peak resident memory (VmHWM) of a process that only extracts the slide, and
+  of one extracting a slide with 4x the tiles (the goal: at most 1.1x).
 
-Each measurement runs in a fresh process so peak memory is its own.
+The sample slides are JPEG-compressed like a scanner's (``--compression deflate`` for lossless).
 
 Usage: python benchmarks/extract_throughput.py [--models resnet50_imagenet ...] [--batch-size 32]
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,54 +32,62 @@ DEFAULT_MODELS = ["resnet50_imagenet", "vit_base_patch16_224_imagenet"]
 TILE_PX, TILE_UM = 224, 112  # 224 px at 0.5 mpp: read at level 0, no resize
 
 
-def _slide(folder: Path, scale: int) -> Path:
-    from histobag.data import sample_slide
-
-    path = folder / f"bench-{scale}x.svs"
+def _slide(folder: Path, scale: int, compression: str) -> Path:
+    path = folder / f"bench-{scale}x-{compression}.svs"
     if not path.exists():
         # 18 x 13 = 234 tile positions at 1x (about a quarter tissue); scale multiplies the
-        # area and the tiles.
+        # area and the tiles. Written by a child process, whose memory is its own.
         side = round(scale**0.5)
-        sample_slide(path, size=(4096 * side, 3072 * side), seed=0)
+        code = (
+            "import sys; from histobag.data import sample_slide; "
+            "sample_slide(sys.argv[1], size=(int(sys.argv[2]), int(sys.argv[3])), seed=0, "
+            "compression=sys.argv[4])"
+        )
+        size = (str(4096 * side), str(3072 * side))
+        subprocess.run([sys.executable, "-c", code, str(path), *size, compression], check=True)
     return path
 
 
-def _extractor(name: str):
-    import histobag
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: not inherited across exec, unlike
+    getrusage's ru_maxrss)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
 
-    return histobag.build_feature_extractor(name, tile_px=TILE_PX, weights="random")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_model_only(name: str, batch_size: int, tiles: int) -> dict:
-    """Tiles/s of preprocessing + model on random uint8 batches (after one warm-up batch)."""
+def _extractor(name: str, batch_size: int):
     import torch
 
-    fe = _extractor(name)
+    import histobag
+
+    fe = histobag.build_feature_extractor(name, tile_px=TILE_PX, weights="random")
+    fe.forward_batch(torch.zeros((batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8))  # warm-up
+    return fe
+
+
+def _model_only(fe, batch_size: int, tiles: int) -> float:
+    """Tiles/s of preprocessing + model on a random uint8 batch."""
+    import torch
+
     batch = torch.randint(0, 256, (batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8)
-    fe.forward_batch(batch)
-    n_batches = max(1, tiles // batch_size)
+    n_batches = max(2, round(tiles / batch_size))
     start = time.perf_counter()
     for _ in range(n_batches):
         fe.forward_batch(batch)
-    seconds = time.perf_counter() - start
-    return {
-        "tiles": n_batches * batch_size,
-        "seconds": seconds,
-        "tiles_per_s": n_batches * batch_size / seconds,
-        "precision": fe.precision,
-    }
+    return n_batches * batch_size / (time.perf_counter() - start)
 
 
-def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> dict:
-    """Tiles/s of the engine from slide to bag (after one warm-up batch of the model)."""
-    import torch
-
+def _end_to_end(fe, batch_size: int, slide: str, workers: str) -> dict:
+    """Tiles/s of the engine from slide to bag."""
     from histobag.engine import Job, run
     from histobag.io.bags import PtBagWriter
     from histobag.sources import OpenWSI
 
-    fe = _extractor(name)
-    fe.forward_batch(torch.zeros((batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8))
     out = Path(tempfile.mkdtemp())
     writer = PtBagWriter(out)
 
@@ -91,8 +101,8 @@ def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> di
         def fail(self, key, reason):
             raise RuntimeError(reason)
 
-    job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM))  # default Otsu tissue detection
     start = time.perf_counter()
+    job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM))  # default Otsu tissue detection
     run(
         fe,
         [job],
@@ -102,13 +112,29 @@ def child_end_to_end(name: str, batch_size: int, slide: str, workers: str) -> di
         spill_dir=out,
     )
     seconds = time.perf_counter() - start
+    return {"tiles": Sink.tiles, "seconds": round(seconds, 2), "tiles_per_s": Sink.tiles / seconds}
+
+
+def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int) -> dict:
+    """Model-only, end-to-end, model-only again, in one process."""
+    fe = _extractor(name, batch_size)
+    before = _model_only(fe, batch_size, tiles / 2)
+    e2e = _end_to_end(fe, batch_size, slide, workers)
+    after = _model_only(fe, batch_size, tiles / 2)
+    model = (before + after) / 2
     return {
-        "tiles": Sink.tiles,
-        "seconds": seconds,
-        "tiles_per_s": Sink.tiles / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "model_only_tiles_per_s": [round(before, 2), round(after, 2)],
+        "end_to_end": e2e,
+        "ratio": round(e2e["tiles_per_s"] / model, 3),
+        "precision": fe.precision,
     }
+
+
+def child_memory(name: str, batch_size: int, slide: str, workers: str) -> dict:
+    """End-to-end only, and this process's peak memory."""
+    fe = _extractor(name, batch_size)
+    e2e = _end_to_end(fe, batch_size, slide, workers)
+    return {**e2e, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def _child(*args: str) -> dict:
@@ -123,15 +149,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="auto")
-    parser.add_argument("--scale", type=int, default=4, help="slide area, in 4096x3072 units")
+    parser.add_argument("--scale", type=int, default=16, help="slide area, in 4096x3072 units")
+    parser.add_argument("--compression", choices=["jpeg", "deflate"], default="jpeg")
+    parser.add_argument("--repeats", type=int, default=3, help="ratio measurements per model")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, *rest = args.child
-        if kind == "model":
-            result = child_model_only(rest[0], int(rest[1]), int(rest[2]))
+        kind, name, batch, slide, workers, *rest = args.child
+        if kind == "ratio":
+            result = child_ratio(name, int(batch), slide, workers, int(rest[0]))
         else:
-            result = child_end_to_end(rest[0], int(rest[1]), rest[2], rest[3])
+            result = child_memory(name, int(batch), slide, workers)
         print(json.dumps(result))
         return
 
@@ -139,7 +167,8 @@ def main() -> None:
 
     folder = Path(tempfile.gettempdir()) / "histobag-bench"
     folder.mkdir(exist_ok=True)
-    small, large = _slide(folder, args.scale), _slide(folder, 4 * args.scale)
+    small = _slide(folder, args.scale, args.compression)
+    large = _slide(folder, 4 * args.scale, args.compression)
     report = {
         "device": "cpu",
         "cpu_count": os.cpu_count(),
@@ -147,20 +176,25 @@ def main() -> None:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "scale": args.scale,
+        "compression": args.compression,
         "models": {},
     }
+    common = (str(args.batch_size),)
     for name in args.models:
-        e2e = _child("e2e", name, str(args.batch_size), str(small), args.workers)
-        model = _child("model", name, str(args.batch_size), str(max(128, e2e["tiles"])))
-        e2e_large = _child("e2e", name, str(args.batch_size), str(large), args.workers)
+        memory = _child("memory", name, *common, str(small), args.workers)
+        memory_4x = _child("memory", name, *common, str(large), args.workers)
+        tiles = str(memory["tiles"])
+        runs = [
+            _child("ratio", name, *common, str(small), args.workers, tiles)
+            for _ in range(args.repeats)
+        ]
         report["models"][name] = {
-            "precision": model["precision"],
-            "model_only": model,
-            "end_to_end": e2e,
-            "ratio": round(e2e["tiles_per_s"] / model["tiles_per_s"], 3),
-            "end_to_end_4x": e2e_large,
-            "ratio_4x": round(e2e_large["tiles_per_s"] / model["tiles_per_s"], 3),
-            "peak_rss_ratio_4x": round(e2e_large["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
+            "precision": runs[0]["precision"],
+            "ratio": statistics.median(r["ratio"] for r in runs),
+            "ratio_runs": runs,
+            "end_to_end": memory,
+            "end_to_end_4x": memory_4x,
+            "peak_rss_ratio_4x": round(memory_4x["peak_rss_mb"] / memory["peak_rss_mb"], 3),
         }
         print(json.dumps({name: report["models"][name]}), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import openslide
 import pytest
+import tifffile
 
 from histobag.data import sample_slide
 from histobag.errors import HistobagError
@@ -54,3 +55,18 @@ def test_size_mpp_and_levels_arguments(tmp_path):
     assert osr.properties[openslide.PROPERTY_NAME_OBJECTIVE_POWER] == "40"
     with pytest.raises(HistobagError, match="too small"):
         sample_slide(tmp_path / "x.svs", size=(100, 100), levels=5)
+
+
+def test_jpeg_compression_like_a_scanner(tmp_path):
+    kwargs = {"size": (1024, 768), "levels": 2, "seed": 1}
+    lossless = sample_slide(tmp_path / "deflate.svs", **kwargs)
+    jpeg = sample_slide(tmp_path / "jpeg.svs", compression="jpeg", **kwargs)
+    assert tifffile.TiffFile(lossless).pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    assert tifffile.TiffFile(jpeg).pages[0].compression == tifffile.COMPRESSION.JPEG
+    a, b = (openslide.OpenSlide(str(p)) for p in (lossless, jpeg))
+    assert b.properties[openslide.PROPERTY_NAME_VENDOR] == "aperio"
+    region = [np.asarray(s.read_region((0, 0), 0, (1024, 768)))[..., :3] for s in (a, b)]
+    error = np.abs(region[0].astype(np.int16) - region[1]).mean()
+    assert 0 < error < 3  # lossy, but the same image
+    with pytest.raises(HistobagError, match="compression"):
+        sample_slide(tmp_path / "x.svs", compression="lzma")

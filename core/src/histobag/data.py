@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from histobag.errors import HistobagError
 __all__ = ["sample_slide"]
 
 _TILE = 256  # TIFF tile side
+#: sample_slide compression → tifffile's compression name and arguments.
+_COMPRESSION = {"deflate": ("zlib", {"level": 6}), "jpeg": ("jpeg", {"level": 80})}
 _BACKGROUND = 243  # bright gray glass, above the default whitespace threshold of 230
 
 
@@ -71,13 +74,15 @@ def sample_slide(
     seed: int = 0,
     mpp: float = 0.5,
     levels: int = 3,
+    compression: Literal["deflate", "jpeg"] = "deflate",
 ) -> Path:
     """Write a synthetic pyramidal slide that OpenSlide opens as an Aperio SVS.
 
     Level ``i`` is downsampled by ``4 ** i`` (1, 4, 16 for three levels); tiles are 256 x 256,
-    deflate-compressed. The ImageDescription is Aperio's (``Aperio Image Library ... |MPP =
-    0.5|AppMag = 20``), so ``openslide.mpp-x`` and ``openslide.objective-power`` are set. The
-    same arguments always give the same bytes.
+    deflate-compressed (lossless) or, like most scanners' files, JPEG-compressed. The
+    ImageDescription is Aperio's (``Aperio Image Library ... |MPP = 0.5|AppMag = 20``), so
+    ``openslide.mpp-x`` and ``openslide.objective-power`` are set. The same arguments always
+    give the same bytes.
 
     Args:
         path: Output file; ``.svs`` is the natural suffix. Written atomically.
@@ -85,6 +90,7 @@ def sample_slide(
         seed: Seed for the placement and shape of the tissue blobs.
         mpp: Level-0 microns per pixel recorded in the file (AppMag is ``10 / mpp``).
         levels: Number of pyramid levels.
+        compression: ``"deflate"`` or ``"jpeg"`` (quality 80, YCbCr 4:2:0).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -101,6 +107,10 @@ def sample_slide(
         raise HistobagError(
             f"sample_slide needs a positive size, mpp and levels, got size={size}, "
             f"mpp={mpp}, levels={levels}."
+        )
+    if compression not in _COMPRESSION:
+        raise HistobagError(
+            f"sample_slide compression must be one of {sorted(_COMPRESSION)}, got {compression!r}."
         )
     if min(width, height) // 4 ** (levels - 1) < 1:
         raise HistobagError(
@@ -132,8 +142,8 @@ def sample_slide(
                     level,
                     photometric="rgb",
                     tile=(_TILE, _TILE),
-                    compression="zlib",
-                    compressionargs={"level": 6},
+                    compression=_COMPRESSION[compression][0],
+                    compressionargs=_COMPRESSION[compression][1],
                     description=description,
                     metadata=None,
                     software="histobag",

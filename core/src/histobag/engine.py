@@ -14,7 +14,8 @@ goes through :func:`run`:
   given) and hands finished slides to a sink (bag writer, in-memory collector...).
 
 Memory is bounded by batch size × queue depth (plus one feature row per tile of the slides in
-flight), never by the size of a slide's pixels.
+flight), never by the size of a slide's pixels; free heap memory is handed back to the OS as
+batches go by (:mod:`histobag.heap`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 import torch.utils.data
 
 from histobag.errors import HistobagError
+from histobag.heap import HeapTrimmer
 from histobag.io.bags import TMP_PREFIX, TileGeometry
 
 if TYPE_CHECKING:
@@ -372,6 +374,7 @@ def run(
         depth=queue_depth * max(1, workers) + 2,
     )
     writer.start()
+    trim_heap = HeapTrimmer()
     try:
         for item in loader:
             if writer.error is not None:
@@ -382,6 +385,7 @@ def run(
                 if len(indices):
                     batch = _to_device_batch(tiles, device, normalizer)
                     features = extractor.forward_batch(batch).cpu().numpy()
+                    trim_heap()
                 writer.queue.put(("batch", j, indices, features, consumed))
                 if progress is not None:
                     progress(jobs[j].key, len(indices))

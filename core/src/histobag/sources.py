@@ -35,6 +35,12 @@ class OpenWSI:
     tile_um: float | str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Import the slide stack (OpenSlide, tifffile, scipy, scikit-image) here in the main
+        # process, so forked reading workers inherit it rather than each spending half a second
+        # importing it before its first tile.
+        import histobag.slide  # noqa: F401
+
     def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
         """Open the slide: (WSI, top-left corners, geometry)."""
         from histobag.slide import WSI

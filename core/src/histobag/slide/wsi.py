@@ -1,4 +1,8 @@
-"""``WSI``: a whole-slide image read through OpenSlide, with its tile grid."""
+"""``WSI``: a whole-slide image read through OpenSlide, with its tile grid.
+
+Levels of plain tiled TIFF slides are decoded from their tiles directly (``tiff_tiles``): the
+same pixels for a tenth of the CPU.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from histobag.slide.errors import TileSettingsError
 from histobag.slide.grid import Level, best_level, grid_starts, read_size
 from histobag.slide.magnification import TileUm, tile_microns
 from histobag.slide.roi import ROI, as_rois, points_in_rois
+from histobag.slide.tiff_tiles import TiledTiffLevels
 
 __all__ = ["MASK_MAX_SIDE", "MASK_MPP", "MPP_RANGE", "RESIZE_FILTER", "WSI", "rgba_to_rgb"]
 
@@ -158,6 +163,7 @@ class WSI:
         self.whitespace_threshold = whitespace_threshold
         self.use_edge_tiles = use_edge_tiles
         self._osr: openslide.OpenSlide | None = None
+        self._tiff: TiledTiffLevels | None = None
 
         osr = self._slide
         self.properties: dict[str, str] = dict(osr.properties)
@@ -195,6 +201,8 @@ class WSI:
         """The OpenSlide handle, opened on first use (and again after unpickling)."""
         if self._osr is None:
             self._osr = _open_slide(self.path)
+            vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR)
+            self._tiff = TiledTiffLevels.open(self.path, vendor, self._osr.level_dimensions)
         return self._osr
 
     def _resolve_mpp(self, mpp: float | None) -> float:
@@ -288,14 +296,34 @@ class WSI:
     # ---------------------------------------------------------------- reading
 
     def _read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Any:
+        """RGBA image or RGB array of ``size`` level pixels from level-0 ``location``."""
+        osr = self._slide
+        if self._tiff is not None:
+            rgb = self._read_tiff_tiles(location, level, size)
+            if rgb is not None:
+                return rgb
         try:
-            return self._slide.read_region(location, level, size)
+            return osr.read_region(location, level, size)
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideReadError(
                 f"Cannot read slide {self.path} at level-0 (x, y) = {location}, level {level}, "
                 f"size {size}: {exc}. The file is probably corrupt; re-export it or exclude "
                 "this slide."
             ) from None
+
+    def _read_tiff_tiles(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray | None:
+        """The region decoded from the TIFF tiles, when this level allows it and the location
+        falls on whole level pixels (elsewhere OpenSlide interpolates); else ``None``."""
+        downsample = self.levels[level].downsample
+        x, y = location[0] / downsample, location[1] / downsample
+        if not (x.is_integer() and y.is_integer()):
+            return None
+        try:
+            return self._tiff.read(level, int(x), int(y), size[0], size[1])  # type: ignore[union-attr]
+        except Exception:  # a tile that fails to decode: OpenSlide reads (or reports) it
+            return None
 
     def _read_thumbnail(self, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
         width, height = self.dimensions
@@ -351,8 +379,9 @@ class WSI:
     def _strips(self, idx: np.ndarray) -> list[np.ndarray]:
         """Group positions of ``idx`` into runs read with one region each.
 
-        One OpenSlide call per tile costs more than the pixels (about 4 ms against under 2 ms
-        per tile in strips), so neighbouring tiles of one grid row are read together. Only tiles
+        One region per tile costs more than the pixels (through OpenSlide, about 4 ms against
+        under 2 ms per tile in strips), so neighbouring tiles of one grid row are read
+        together. Only tiles
         whose level-0 offsets are whole level pixels are grouped, so each tile's pixels are
         exactly those of its own ``read_region``.
         """
@@ -490,11 +519,14 @@ class WSI:
     def __getstate__(self) -> dict[str, Any]:
         # The OpenSlide handle cannot be pickled: each process reopens the file lazily.
         state = self.__dict__.copy()
-        state["_osr"] = None
+        state["_osr"] = state["_tiff"] = None
         return state
 
     def close(self) -> None:
-        """Close the OpenSlide handle (reopened automatically on the next read)."""
+        """Close the slide file (reopened automatically on the next read)."""
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
         if self._osr is not None:
             self._osr.close()
             self._osr = None
