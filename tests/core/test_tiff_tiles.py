@@ -131,3 +131,35 @@ def test_pickled_wsi_reopens_its_tile_reader(slide_path):
     assert copy._tiff is not None
     copy.close()
     assert copy._tiff is None and copy._osr is None
+
+
+def test_tiles_shared_by_neighbouring_regions_are_decoded_once(slide_path, monkeypatch):
+    from histobag.slide import tiff_tiles
+
+    slide = openslide.OpenSlide(str(slide_path))
+    reader = TiledTiffLevels(slide_path, slide.level_dimensions)
+    decoded = []  # tile indices decoded (every cache miss)
+    page = reader.levels[0].page
+
+    class CountingPage:
+        def decode(self, data, index, **kwargs):
+            decoded.append(index)
+            return page.decode(data, index, **kwargs)
+
+    reader.levels[0].page = CountingPage()
+    # Two 224-px grid rows, 16 tiles wide: both fall in TIFF tile row 0, 14 tiles wide.
+    first = reader.read(0, 0, 0, 3584, 224)
+    second = reader.read(0, 0, 224, 3584, 224)
+    assert sorted(decoded) == list(range(14)) + list(range(16, 30))  # rows 0 and 1, once each
+    np.testing.assert_array_equal(second, openslide_rgb(slide, (0, 224), 0, (3584, 224)))
+    np.testing.assert_array_equal(first, openslide_rgb(slide, (0, 0), 0, (3584, 224)))
+    # The cache is bounded: with room for 4 tiles, reading the strip again decodes it again.
+    monkeypatch.setattr(tiff_tiles, "CACHE_BYTES", 4 * 256 * 256 * 3)
+    reader._cache.clear()
+    reader._cached_bytes = 0
+    decoded.clear()
+    reader.read(0, 0, 0, 3584, 224)
+    reader.read(0, 0, 0, 3584, 224)
+    assert len(decoded) == 14 + 14
+    assert reader._cached_bytes <= 4 * 256 * 256 * 3
+    reader.close()
