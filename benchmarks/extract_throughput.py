@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--scale", type=int, default=16, help="slide area, in 4096x3072 units")
     parser.add_argument("--compression", choices=["jpeg", "deflate"], default="jpeg")
-    parser.add_argument("--repeats", type=int, default=3, help="processes measuring the ratio, per model")
+    parser.add_argument("--repeats", type=int, default=3, help="processes measuring the ratio")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
