@@ -42,7 +42,6 @@ class _Level:
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.tile_w, self.tile_h = int(page.tilewidth), int(page.tilelength)
         self.tiles_x = -(-self.width // self.tile_w)
-        self.tiles_y = -(-self.height // self.tile_h)
         self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self.counts = np.asarray(page.databytecounts, dtype=np.int64)
         self.jpegtables = page.jpegtables

@@ -381,9 +381,8 @@ class WSI:
 
         One region per tile costs more than the pixels (through OpenSlide, about 4 ms against
         under 2 ms per tile in strips), so neighbouring tiles of one grid row are read
-        together. Only tiles
-        whose level-0 offsets are whole level pixels are grouped, so each tile's pixels are
-        exactly those of its own ``read_region``.
+        together. Only tiles whose level-0 offsets are whole level pixels are grouped, so each
+        tile's pixels are exactly those of its own ``read_region``.
         """
         downsample = self.levels[self.level].downsample
         exact = float(downsample).is_integer()
