@@ -3,11 +3,25 @@
 For each model (random weights, so nothing is downloaded), at one batch size:
 
 - ``ratio``: end-to-end tiles/s of the streaming engine on a sample slide (from opening the
-  slide to the bag written: tile reading and decoding in worker processes, the model, the
-  writer) divided by the model-only tiles/s (preprocessing + model on random uint8 batches)
-  measured in the same process just before and just after, so both see the same machine.
-  Two end-to-end runs per process, ``--repeats`` processes; the median of the ratios is
+  slide to the bag written: tile reading and decoding, in worker processes or on small CPUs in
+  the main process, the model, the writer) divided by the model-only tiles/s (preprocessing +
+  model on random uint8 batches).
+  A shared machine's speed drifts by 10-20% within a minute, so each process alternates
+  model-only and end-to-end runs (M E M E M) and compares each end-to-end run with the
+  model-only runs on either side of it; the median over ``--rounds`` x ``--repeats`` pairs is
   reported (the goal on a CPU: at least 0.95);
+- ``model_busy``: the fraction of each end-to-end run's wall time spent inside the model, and
+  ``forward_slowdown``: the model's time per tile inside end-to-end runs over its time in the
+  neighbouring model-only runs. The first is measured within one run, so machine drift does not
+  move it: it isolates the pipeline's own overhead (slide opening, waiting for the first batch,
+  handing batches over, writing the bag); the second is the reading workers' competition for the
+  cores;
+- ``paired_ratio`` (only when tiles are read in the main process, the default on small CPUs):
+  one more end-to-end run per process in which every model call is followed by a model-only
+  call on a random batch of the same size, timed and taken off the run's clock, so each batch's
+  model-only time is measured within a second of it. Drift cancels batch by batch; the median
+  over processes is reported. With reading workers this pairing would flatter the pipeline
+  (the workers read during the paused calls), so it is left out;
 - ``peak_rss_mb``: peak resident memory (VmHWM) of a process that only extracts the slide, and
   of one extracting a slide with 4x the tiles (the goal: at most 1.1x).
 
@@ -82,8 +96,16 @@ def _model_only(fe, batch_size: int, tiles: int) -> float:
     return n_batches * batch_size / (time.perf_counter() - start)
 
 
-def _end_to_end(fe, batch_size: int, slide: str, workers: str) -> dict:
-    """Tiles/s of the engine from slide to bag."""
+def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = False) -> dict:
+    """Tiles/s of the engine from slide to bag, and the time spent inside the model.
+
+    With ``paired``, every model call is followed by a model-only call on a random batch of the
+    same size, timed and taken off the run's clock: model-only time measured within a second
+    of each batch (only meaningful with no reading workers, which would keep reading during
+    the paused calls).
+    """
+    import torch
+
     from histobag.engine import Job, run
     from histobag.io.bags import PtBagWriter
     from histobag.sources import OpenWSI
@@ -101,38 +123,75 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str) -> dict:
         def fail(self, key, reason):
             raise RuntimeError(reason)
 
+    forward = fe.forward_batch
+    in_model = [0.0, 0]  # seconds, tiles
+    probe = torch.randint(0, 256, (batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8)
+    paused = [0.0]
+
+    def timed_forward(batch):
+        start = time.perf_counter()
+        features = forward(batch)
+        in_model[0] += time.perf_counter() - start
+        in_model[1] += len(batch)
+        if paired:
+            start = time.perf_counter()
+            forward(probe[: len(batch)])
+            paused[0] += time.perf_counter() - start
+        return features
+
     # Built before the clock starts: it imports the slide-reading stack (once per process,
     # like importing torch); opening the slide happens inside run().
     job = Job("bench", OpenWSI(slide, TILE_PX, TILE_UM))  # default Otsu tissue detection
-    start = time.perf_counter()
-    run(
-        fe,
-        [job],
-        Sink(),
-        batch_size=batch_size,
-        num_workers=workers if workers == "auto" else int(workers),
-        spill_dir=out,
-    )
-    seconds = time.perf_counter() - start
-    return {"tiles": Sink.tiles, "seconds": round(seconds, 2), "tiles_per_s": Sink.tiles / seconds}
+    fe.forward_batch = timed_forward
+    try:
+        start = time.perf_counter()
+        run(
+            fe,
+            [job],
+            Sink(),
+            batch_size=batch_size,
+            num_workers=workers if workers == "auto" else int(workers),
+            spill_dir=out,
+        )
+        seconds = time.perf_counter() - start - paused[0]
+    finally:
+        del fe.forward_batch  # back to the class's method
+    return {
+        "tiles": Sink.tiles,
+        "seconds": round(seconds, 2),
+        "tiles_per_s": Sink.tiles / seconds,
+        "model_seconds": in_model[0],
+        "model_tiles": in_model[1],
+        "paired_model_only_seconds": paused[0],
+    }
 
 
-def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int) -> dict:
-    """Model-only, end-to-end, model-only, end-to-end, model-only, in one process: each
+def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int, rounds: int):
+    """Model-only and end-to-end runs alternating in one process (M E M ... E M): each
     end-to-end run is compared with the model-only runs on either side of it."""
     fe = _extractor(name, batch_size)
     model = [_model_only(fe, batch_size, tiles / 2)]
     runs = []
-    for _ in range(2):
+    for _ in range(rounds):
         runs.append(_end_to_end(fe, batch_size, slide, workers))
         model.append(_model_only(fe, batch_size, tiles / 2))
-    ratios = [
-        round(e2e["tiles_per_s"] / ((model[i] + model[i + 1]) / 2), 3) for i, e2e in enumerate(runs)
-    ]
+    reference = [(model[i] + model[i + 1]) / 2 for i in range(rounds)]
+    from histobag.engine import auto_workers
+
+    inline = (auto_workers(fe.device) if workers == "auto" else int(workers)) == 0
+    paired = _end_to_end(fe, batch_size, slide, workers, paired=True) if inline else None
     return {
+        "paired_ratio": (
+            round(paired["paired_model_only_seconds"] / paired["seconds"], 3) if paired else None
+        ),
         "model_only_tiles_per_s": [round(m, 2) for m in model],
         "end_to_end_tiles_per_s": [round(e2e["tiles_per_s"], 2) for e2e in runs],
-        "ratios": ratios,
+        "ratios": [round(e2e["tiles_per_s"] / ref, 3) for e2e, ref in zip(runs, reference)],
+        "model_busy": [round(e2e["model_seconds"] / e2e["seconds"], 3) for e2e in runs],
+        "forward_slowdown": [
+            round(e2e["model_seconds"] / e2e["model_tiles"] * ref, 3)
+            for e2e, ref in zip(runs, reference)
+        ],
         "precision": fe.precision,
     }
 
@@ -141,6 +200,7 @@ def child_memory(name: str, batch_size: int, slide: str, workers: str) -> dict:
     """End-to-end only, and this process's peak memory."""
     fe = _extractor(name, batch_size)
     e2e = _end_to_end(fe, batch_size, slide, workers)
+    e2e = {key: e2e[key] for key in ("tiles", "seconds", "tiles_per_s")}
     return {**e2e, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
@@ -159,12 +219,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=16, help="slide area, in 4096x3072 units")
     parser.add_argument("--compression", choices=["jpeg", "deflate"], default="jpeg")
     parser.add_argument("--repeats", type=int, default=3, help="processes measuring the ratio")
+    parser.add_argument("--rounds", type=int, default=2, help="end-to-end runs per process")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, name, batch, slide, workers, *rest = args.child
         if kind == "ratio":
-            result = child_ratio(name, int(batch), slide, workers, int(rest[0]))
+            result = child_ratio(name, int(batch), slide, workers, int(rest[0]), int(rest[1]))
         else:
             result = child_memory(name, int(batch), slide, workers)
         print(json.dumps(result))
@@ -192,12 +253,19 @@ def main() -> None:
         memory_4x = _child("memory", name, *common, str(large), args.workers)
         tiles = str(memory["tiles"])
         runs = [
-            _child("ratio", name, *common, str(small), args.workers, tiles)
+            _child("ratio", name, *common, str(small), args.workers, tiles, str(args.rounds))
             for _ in range(args.repeats)
         ]
         report["models"][name] = {
             "precision": runs[0]["precision"],
             "ratio": statistics.median(x for r in runs for x in r["ratios"]),
+            "model_busy": statistics.median(x for r in runs for x in r["model_busy"]),
+            "forward_slowdown": statistics.median(x for r in runs for x in r["forward_slowdown"]),
+            "paired_ratio": (
+                statistics.median(r["paired_ratio"] for r in runs)
+                if runs[0]["paired_ratio"] is not None
+                else None
+            ),
             "ratio_runs": runs,
             "end_to_end": memory,
             "end_to_end_4x": memory_4x,
