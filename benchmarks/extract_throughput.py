@@ -158,7 +158,7 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = Fa
         del fe.forward_batch  # back to the class's method
     return {
         "tiles": Sink.tiles,
-        "seconds": round(seconds, 2),
+        "seconds": seconds,
         "tiles_per_s": Sink.tiles / seconds,
         "model_seconds": in_model[0],
         "model_tiles": in_model[1],
@@ -169,6 +169,8 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = Fa
 def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int, rounds: int):
     """Model-only and end-to-end runs alternating in one process (M E M ... E M): each
     end-to-end run is compared with the model-only runs on either side of it."""
+    from histobag.engine import auto_workers
+
     fe = _extractor(name, batch_size)
     model = [_model_only(fe, batch_size, tiles / 2)]
     runs = []
@@ -176,8 +178,6 @@ def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int
         runs.append(_end_to_end(fe, batch_size, slide, workers))
         model.append(_model_only(fe, batch_size, tiles / 2))
     reference = [(model[i] + model[i + 1]) / 2 for i in range(rounds)]
-    from histobag.engine import auto_workers
-
     inline = (auto_workers(fe.device) if workers == "auto" else int(workers)) == 0
     paired = _end_to_end(fe, batch_size, slide, workers, paired=True) if inline else None
     return {
@@ -200,8 +200,12 @@ def child_memory(name: str, batch_size: int, slide: str, workers: str) -> dict:
     """End-to-end only, and this process's peak memory."""
     fe = _extractor(name, batch_size)
     e2e = _end_to_end(fe, batch_size, slide, workers)
-    e2e = {key: e2e[key] for key in ("tiles", "seconds", "tiles_per_s")}
-    return {**e2e, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    return {
+        "tiles": e2e["tiles"],
+        "seconds": round(e2e["seconds"], 2),
+        "tiles_per_s": e2e["tiles_per_s"],
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
 
 
 def _child(*args: str) -> dict:
