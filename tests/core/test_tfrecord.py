@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histobag.errors import TFRecordError
+import histobag
+from histobag.errors import HistobagError, TFRecordError
 from histobag.io.images import decode_image, encode_image
 from histobag.io.tfrecord import (
     TFRecordReader,
@@ -26,6 +27,9 @@ from histobag.io.tfrecord import (
     read_index,
 )
 from histobag.slide import WSI
+from histobag.sources import OpenTFRecord
+from tests.core.bag_helpers import PIXELNET
+from tests.core.toy_models import registered
 
 
 def spec_crc32c(data: bytes) -> int:
@@ -181,15 +185,21 @@ def test_round_trip_with_index(small_wsi, tmp_path):
     with pytest.raises(IndexError):
         reader[20]
 
-    # A deleted index is rebuilt identically; a stale one is ignored.
+    # A deleted index is rebuilt identically (in memory, not saved); build_index saves it.
     index_path(path).unlink()
     np.testing.assert_array_equal(TFRecordReader(path).offsets, offsets)
+    assert not index_path(path).exists()
     build_index(path)
     np.testing.assert_array_equal(read_index(index_path(path))[0], offsets)
+    # A stale index (another file's) is an error naming the file, until it is rebuilt.
     stale = tmp_path / "stale.tfrecords"
     with TFRecordWriter(stale) as writer:
         writer.write_tile("x", b"a", 1, 2)
     os.replace(index_path(stale), index_path(path))
+    with pytest.raises(TFRecordError, match=r"rt\.tfrecords does not match its index.*build_index"):
+        TFRecordReader(path)
+    assert len(TFRecordReader(path, rebuild_index=True)) == 20
+    np.testing.assert_array_equal(read_index(index_path(path))[0], offsets)
     assert len(TFRecordReader(path)) == 20
 
 
@@ -222,22 +232,30 @@ def test_corruption_gives_a_clear_crc_error(small_wsi, tmp_path):
     data = bytearray(path.read_bytes())
     data[int(offsets[1, 0]) + 40] ^= 0x01  # one bit inside record 1's payload
     path.write_bytes(bytes(data))
-    reader = TFRecordReader(path)  # the index still matches the file size
-    assert reader[0]["slide"] == b"c"
-    assert reader[2]["slide"] == b"c"
+    # Opening reads every record, so the damage is found before any tile is returned.
     with pytest.raises(TFRecordError, match=rf"c\.tfrecords.*offset {offsets[1, 0]}") as info:
-        reader[1]
+        TFRecordReader(path)
     assert "CRC-32C mismatch in the data" in str(info.value)
     assert TFRecordReader(path, verify=False)[0]["slide"] == b"c"
+
+    # Damage after opening is found when the record is read.
+    data[int(offsets[1, 0]) + 40] ^= 0x01
+    path.write_bytes(bytes(data))
+    reader = TFRecordReader(path)
+    data[int(offsets[1, 0]) + 40] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert reader[0]["slide"] == b"c"
+    with pytest.raises(TFRecordError, match="CRC-32C mismatch in the data"):
+        reader[1]
 
     data[int(offsets[1, 0]) + 40] ^= 0x01
     data[int(offsets[2, 0]) + 2] ^= 0x10  # the length field of record 2
     path.write_bytes(bytes(data))
-    with pytest.raises(TFRecordError, match="CRC-32C mismatch in the length"):
-        TFRecordReader(path)[2]
+    with pytest.raises(TFRecordError, match=f"CRC-32C mismatch in the length.*{offsets[2, 0]}"):
+        TFRecordReader(path)
     index_path(path).unlink()
     with pytest.raises(TFRecordError, match=f"offset {offsets[2, 0]}"):
-        TFRecordReader(path)  # rebuilding the index scans and checks every record
+        TFRecordReader(path)  # without an index the same scan checks every record
 
     truncated = tmp_path / "t.tfrecords"
     truncated.write_bytes(path.read_bytes()[: int(offsets[1, 0]) + 30])
@@ -269,3 +287,127 @@ def test_image_codec_round_trip():
     np.testing.assert_array_equal(decode_image(encode_image(tile, "png")), tile)
     assert encode_image(tile, "JPEG", 80) == encode_image(tile, "jpg", 80)  # deterministic
     assert decode_image(encode_image(tile, "jpg")).shape == (16, 16, 3)
+
+
+# ------------------------------------------------------------------------------------------
+# The index is verified, not trusted (the cases adversarial testing found)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pixelnet():
+    with registered(PIXELNET):
+        yield histobag.build_feature_extractor("pixelnet", device="cpu", mixed_precision=False)
+
+
+def write_tiles(path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random 16 px PNG tiles at tile centres of a 256 px grid: (tiles, locations)."""
+    rng = np.random.default_rng(n)
+    tiles = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    locations = np.array([(128 + 256 * (i % 7), 128 + 256 * (i // 7)) for i in range(n)])
+    with TFRecordWriter(path) as writer:
+        for tile, (x, y) in zip(tiles, locations):
+            writer.write_tile("x", encode_image(tile, "png"), x, y)
+    return tiles, locations
+
+
+def test_an_edited_index_location_is_refused_not_returned(pixelnet, tmp_path):
+    path = tmp_path / "x.tfrecords"
+    tiles, locations = write_tiles(path, 12)
+    offsets, stored = read_index(index_path(path))
+    stored[5] = (999_999, 4)
+    np.savez(index_path(path), offsets, locations=stored)  # numpy keeps the '.npz' name
+
+    expected = r"x\.tfrecords does not match its index.*record 5 holds the location \(1408, 128\)"
+    with pytest.raises(TFRecordError, match=expected):
+        TFRecordReader(path)
+    with pytest.raises(TFRecordError, match=expected):
+        OpenTFRecord(str(path))()  # what each engine worker opens
+    with pytest.raises(HistobagError, match=r"x\.tfrecords does not match its index"):
+        pixelnet(str(path), num_workers=0)
+
+    # Rebuilding the index is an explicit choice; locations then come from the records.
+    reader = TFRecordReader(path, rebuild_index=True)
+    np.testing.assert_array_equal(reader.locations, locations)
+    np.testing.assert_array_equal(read_index(index_path(path))[1], locations)
+    features, coords = pixelnet(str(path), num_workers=0)
+    np.testing.assert_array_equal(coords.numpy(), locations)
+    assert features.shape == (12, PIXELNET.num_features)
+    np.testing.assert_array_equal(reader.read_tiles(range(12)), tiles)
+
+
+def test_a_file_truncated_at_a_record_boundary_is_refused(pixelnet, tmp_path, caplog):
+    path = tmp_path / "x.tfrecords"
+    tiles, locations = write_tiles(path, 43)
+    offsets = TFRecordReader(path).offsets
+    path.write_bytes(path.read_bytes()[: int(offsets[10, 0])])  # 10 whole records remain
+
+    expected = (
+        r"x\.tfrecords is shorter than its index x\.index\.npz says: the file holds 10 records "
+        r".*the index lists 43 records.*truncated"
+    )
+    with pytest.raises(TFRecordError, match=expected):
+        TFRecordReader(path)
+    with pytest.raises(HistobagError, match=r"x\.tfrecords is shorter than its index"):
+        pixelnet(str(path), num_workers=0)
+    # Refused, not "rebuilt" with a log line.
+    assert not [r for r in caplog.records if r.name.startswith("histobag.io")]
+    assert read_index(index_path(path))[0].shape == (43, 2)  # the evidence is left in place
+
+    # Documented limitation: without its index the shorter file cannot be told from a short one.
+    moved = index_path(path).rename(tmp_path / "kept.npz")
+    reader = TFRecordReader(path)
+    assert len(reader) == 10
+    np.testing.assert_array_equal(reader.locations, locations[:10])
+    moved.rename(index_path(path))
+    # ... and accepting it as it is takes an explicit rebuild.
+    assert len(TFRecordReader(path, rebuild_index=True)) == 10
+    np.testing.assert_array_equal(TFRecordReader(path).read_tiles(range(10)), tiles[:10])
+
+
+def test_a_file_changed_after_opening_is_an_error_not_other_tiles(tmp_path):
+    path = tmp_path / "x.tfrecords"
+    write_tiles(path, 5)
+    reader = TFRecordReader(path)
+    original = path.read_bytes()
+
+    # Same framing, another location: rewritten by another process after we opened it.
+    data = bytearray(original)
+    start = int(reader.offsets[2, 0])
+    record = reader[2]
+    moved = encode_example({**record, "loc_x": record["loc_x"] + 1})
+    assert len(moved) == int(reader.offsets[2, 1]) - 16  # same varint size, same framing
+    data[start : start + len(moved) + 16] = frame(moved)
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        TFRecordError, match=r"x\.tfrecords: the record at byte offset .* now holds"
+    ):
+        reader.read_tiles([2])
+
+    path.write_bytes(original[: int(reader.offsets[3, 0])])  # truncated after opening
+    with pytest.raises(TFRecordError, match=r"x\.tfrecords"):
+        reader.read_tiles([4])
+
+
+def test_index_layouts_other_writers_produce(tmp_path):
+    path = tmp_path / "x.tfrecords"
+    _, locations = write_tiles(path, 4)
+    offsets, _ = read_index(index_path(path))
+    # An index without 'locations' (older slideflow): offsets are checked, locations read.
+    np.savez(index_path(path), offsets)
+    np.testing.assert_array_equal(TFRecordReader(path).locations, locations)
+    # int32 offsets are the same numbers.
+    np.savez(index_path(path), offsets.astype(np.int32), locations=locations)
+    assert len(TFRecordReader(path)) == 4
+    # Float offsets are not an index histobag or slideflow writes.
+    np.savez(index_path(path), offsets.astype(float), locations=locations)
+    with pytest.raises(TFRecordError, match=r"x\.tfrecords: Cannot read TFRecord index.*float64"):
+        TFRecordReader(path)
+    # slideflow saves the index of an empty TFRecord as a float64 (0,) array.
+    empty = tmp_path / "empty.tfrecords"
+    empty.write_bytes(b"")
+    np.savez(index_path(empty), np.array([]))
+    assert len(TFRecordReader(empty)) == 0
+    np.savez(index_path(empty), offsets[:1])
+    with pytest.raises(TFRecordError, match=r"empty\.tfrecords is shorter than its index"):
+        TFRecordReader(empty)

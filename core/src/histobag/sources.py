@@ -61,9 +61,15 @@ class ExistingWSI:
 
 
 class TFRecordTiles:
-    """A TFRecord as a tile source: every record is kept (tiles were filtered when written)."""
+    """A TFRecord as a tile source: every record is kept (tiles were filtered when written).
+
+    Opening reads and verifies the whole file (:class:`~histobag.io.tfrecord.TFRecordReader`):
+    a corrupted or truncated file, or one that disagrees with its index, raises
+    :class:`~histobag.errors.TFRecordError` naming the file before any tile is read.
+    """
 
     def __init__(self, path: str | Path) -> None:
+        """Open and verify the TFRecord at ``path``."""
         from histobag.io.tfrecord import TFRecordReader
 
         self.reader = TFRecordReader(path)
@@ -84,7 +90,11 @@ class TFRecordTiles:
 @dataclass(frozen=True)
 class OpenTFRecord:
     """Open a TFRecord of tiles. ``extent_px`` (level-0 tile size) converts the stored tile
-    centres to top-left corners; 0 when unknown, in which case coordinates stay centres."""
+    centres to top-left corners; 0 when unknown, in which case coordinates stay centres.
+
+    The centres are the records' own ``loc_x``/``loc_y``, read when the file is opened; the
+    index beside it is only checked against them, never trusted.
+    """
 
     path: str
     tile_px: int = 0

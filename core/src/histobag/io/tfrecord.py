@@ -15,8 +15,14 @@ Beside each ``<name>.tfrecords`` lives ``<name>.index.npz`` (slideflow's layout)
 int64 (n, 2) array of ``[offset, length]`` of every framed record, ``locations`` an int64 (n, 2)
 array of ``(loc_x, loc_y)`` (-1 where a record has none).
 
-The module has three parts: CRC-32C and framing, a minimal protobuf codec for the
-``tf.train.Example`` messages, and the :class:`TFRecordWriter` / :class:`TFRecordReader`.
+The index is verified, not trusted: :class:`TFRecordReader` reads every record on open and takes
+offsets and locations from the file; an index that disagrees with the file (a truncated file, a
+stale or edited index) is a :class:`~histobag.errors.TFRecordError` naming the file, unless the
+caller asks for the index to be rebuilt.
+
+The module has four parts: CRC-32C and framing, a minimal protobuf codec for the
+``tf.train.Example`` messages, index files and their verification, and the
+:class:`TFRecordWriter` / :class:`TFRecordReader`.
 """
 
 from __future__ import annotations
@@ -225,6 +231,29 @@ def _decode_feature(buf: memoryview, start: int, end: int) -> list[Any]:
     return values
 
 
+_PARSE_ERRORS = (ValueError, UnicodeDecodeError, struct.error)
+
+
+def _parse_example(data: bytes) -> dict[str, list[Any]]:
+    """:func:`decode_example` without the error wrapping (raises one of ``_PARSE_ERRORS``)."""
+    buf = memoryview(data)
+    features: dict[str, list[Any]] = {}
+    for number, wire, span in _iter_fields(buf, 0, len(buf)):
+        if number != 1 or wire != _LENGTH:
+            continue
+        for entry_number, entry_wire, entry in _iter_fields(buf, *span):
+            if entry_number != 1 or entry_wire != _LENGTH:
+                continue
+            key, value = "", []
+            for part, part_wire, part_span in _iter_fields(buf, *entry):
+                if part == 1 and part_wire == _LENGTH:
+                    key = bytes(buf[part_span[0] : part_span[1]]).decode("utf-8")
+                elif part == 2 and part_wire == _LENGTH:
+                    value = _decode_feature(buf, *part_span)
+            features[key] = value
+    return features
+
+
 def decode_example(data: bytes) -> dict[str, list[Any]]:
     """Parse a serialised ``tf.train.Example`` into ``{name: [values]}``.
 
@@ -234,25 +263,10 @@ def decode_example(data: bytes) -> dict[str, list[Any]]:
     Raises:
         TFRecordError: ``data`` is not a valid Example.
     """
-    buf = memoryview(data)
-    features: dict[str, list[Any]] = {}
     try:
-        for number, wire, span in _iter_fields(buf, 0, len(buf)):
-            if number != 1 or wire != _LENGTH:
-                continue
-            for entry_number, entry_wire, entry in _iter_fields(buf, *span):
-                if entry_number != 1 or entry_wire != _LENGTH:
-                    continue
-                key, value = "", []
-                for part, part_wire, part_span in _iter_fields(buf, *entry):
-                    if part == 1 and part_wire == _LENGTH:
-                        key = bytes(buf[part_span[0] : part_span[1]]).decode("utf-8")
-                    elif part == 2 and part_wire == _LENGTH:
-                        value = _decode_feature(buf, *part_span)
-                features[key] = value
-    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+        return _parse_example(data)
+    except _PARSE_ERRORS as exc:
         raise TFRecordError(f"Record is not a valid tf.train.Example ({exc}).") from None
-    return features
 
 
 def _unwrap(example: dict[str, list[Any]]) -> dict[str, Any]:
@@ -269,7 +283,11 @@ def _location(example: Mapping[str, Any]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Index files
+# Index files and verification
+#
+# The index is an offset cache, never a source of truth: a reader takes every record's offset,
+# length and location from the file itself, and an index that disagrees with the file is an
+# error (it is how a file truncated at a record boundary shows itself).
 # --------------------------------------------------------------------------------------------
 
 
@@ -302,41 +320,126 @@ def write_index(path: str | Path, offsets: np.ndarray, locations: np.ndarray) ->
     return path
 
 
-def read_index(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an ``.index.npz``: (offsets (n, 2) int64, locations (n, 2) int64).
+def _int_pairs(array: np.ndarray, name: str) -> np.ndarray:
+    """An integer (n, 2) array as int64; an empty array of any shape is (0, 2)."""
+    if array.size == 0:  # slideflow saves an empty index as a float64 (0,) array
+        return np.zeros((0, 2), dtype=np.int64)
+    if array.dtype.kind not in "iu" or array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(
+            f"'{name}' has dtype {array.dtype} and shape {array.shape}, not an (n, 2) integer array"
+        )
+    return array.astype(np.int64)
 
-    Raises:
-        TFRecordError: The file cannot be read or has the wrong layout.
-    """
+
+def _load_index(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(offsets, locations or None when the index has no ``locations``) of an index file."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            offsets = np.asarray(data["arr_0"], dtype=np.int64).reshape(-1, 2)
-            if "locations" in data:
-                locations = np.asarray(data["locations"], dtype=np.int64).reshape(-1, 2)
-            else:
-                locations = np.full((len(offsets), 2), -1, dtype=np.int64)
-    except (OSError, ValueError, KeyError) as exc:
-        raise TFRecordError(f"Cannot read TFRecord index {path}: {exc}.") from None
-    if len(locations) != len(offsets):
+            if "arr_0" not in data.files:
+                raise ValueError("it has no 'arr_0' array of record offsets")
+            offsets = _int_pairs(data["arr_0"], "arr_0")
+            locations = None
+            if "locations" in data.files:
+                locations = _int_pairs(data["locations"], "locations")
+    except Exception as exc:  # a damaged npz fails in many ways (zip, npy header, pickle guard)
+        reason = str(exc) or type(exc).__name__
+        raise TFRecordError(f"Cannot read TFRecord index {path}: {reason}.") from None
+    if locations is not None and len(locations) != len(offsets):
         raise TFRecordError(
             f"TFRecord index {path} has {len(offsets)} offsets but {len(locations)} locations."
         )
     return offsets, locations
 
 
-def _scan(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+def read_index(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ``.index.npz`` as it is stored: (offsets (n, 2) int64, locations (n, 2) int64).
+
+    Locations are -1 when the index has none. Nothing here is checked against the TFRecord;
+    :class:`TFRecordReader` does that.
+
+    Raises:
+        TFRecordError: The file cannot be read or has the wrong layout.
+    """
+    offsets, locations = _load_index(Path(path))
+    if locations is None:
+        locations = np.full((len(offsets), 2), -1, dtype=np.int64)
+    return offsets, locations
+
+
+def _rebuild_hint(tfrecord: Path) -> str:
+    return (
+        "If the TFRecord is complete and only its index is stale, rebuild the index with "
+        f"histobag.io.tfrecord.build_index({str(tfrecord)!r}) (or open it with "
+        "TFRecordReader(path, rebuild_index=True)); otherwise extract the tiles for this slide "
+        "again."
+    )
+
+
+def _check_index(tfrecord: Path, offsets: np.ndarray, locations: np.ndarray) -> None:
+    """Raise unless the index beside ``tfrecord`` lists exactly the records found in it."""
+    idx = index_path(tfrecord)
+    try:
+        stored, stored_locations = _load_index(idx)
+    except TFRecordError as exc:
+        raise TFRecordError(f"{tfrecord}: {exc} {_rebuild_hint(tfrecord)}") from None
+    n_file, n_index = len(offsets), len(stored)
+    size = int(offsets[-1, 0]) + int(offsets[-1, 1]) if n_file else 0
+    index_end = int(stored[-1, 0]) + int(stored[-1, 1]) if n_index else 0
+    if n_index > n_file and index_end > size:
+        raise TFRecordError(
+            f"{tfrecord} is shorter than its index {idx.name} says: the file holds {n_file} "
+            f"records ({size} bytes), the index lists {n_index} records ({index_end} bytes), so "
+            f"the file was probably truncated. {_rebuild_hint(tfrecord)}"
+        )
+    if not np.array_equal(stored, offsets):
+        i = _first_difference(stored, offsets)
+        what = (
+            f"record {i} is (offset, length) {tuple(map(int, offsets[i]))} in the file but "
+            f"{tuple(map(int, stored[i]))} in the index"
+            if i < min(n_file, n_index)
+            else f"the file holds {n_file} records, the index lists {n_index}"
+        )
+        raise TFRecordError(
+            f"{tfrecord} does not match its index {idx.name}: {what}. {_rebuild_hint(tfrecord)}"
+        )
+    if stored_locations is not None and not np.array_equal(stored_locations, locations):
+        i = _first_difference(stored_locations, locations)
+        raise TFRecordError(
+            f"{tfrecord} does not match its index {idx.name}: record {i} holds the location "
+            f"{tuple(map(int, locations[i]))} but the index says "
+            f"{tuple(map(int, stored_locations[i]))}. {_rebuild_hint(tfrecord)}"
+        )
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> int:
+    """First row where two (n, 2) arrays differ (the shorter length if one is a prefix)."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero((a[:n] != b[:n]).any(axis=1))
+    return int(differ[0]) if len(differ) else n
+
+
+def _scan(path: Path, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read every record of ``path`` in order: (offsets (n, 2), locations (n, 2)).
+
+    Each record's framing is checked against the file's size, its CRCs when ``verify``, and its
+    Example is decoded for the location.
+    """
     offsets, locations = [], []
-    with path.open("rb") as f:
+    with path.open("rb", buffering=1 << 20) as f:
+        size = os.fstat(f.fileno()).st_size
         offset = 0
-        while True:
-            header = f.read(12)
-            if not header:
-                break
-            data = _read_framed(f, path, offset, header, verify)
-            size = 16 + len(data)
-            offsets.append((offset, size))
-            locations.append(_location(decode_example(data)))
-            offset += size
+        while offset < size:
+            length = _parse_header(path, offset, f.read(12), verify)
+            if 16 + length > size - offset:
+                raise TFRecordError(
+                    f"{path}: the record at byte offset {offset} is truncated (the file ends "
+                    f"{size - offset} bytes into its {16 + length}). The file is incomplete; "
+                    "extract the tiles for this slide again."
+                )
+            data = _read_body(f, path, offset, length, verify)
+            offsets.append((offset, 16 + length))
+            locations.append(_location(_decode(path, offset, data)))
+            offset += 16 + length
     return (
         np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
         np.asarray(locations, dtype=np.int64).reshape(-1, 2),
@@ -346,12 +449,16 @@ def _scan(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
 def build_index(tfrecord: str | Path, *, save: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Scan a TFRecord (checking every CRC) and return (offsets, locations).
 
+    This is also how a stale index is replaced: the new index describes the file as it is now,
+    so call it only for a file known to be complete (a file truncated exactly at a record
+    boundary looks complete once its index is rebuilt).
+
     Args:
         tfrecord: The ``.tfrecords`` file.
-        save: Also write ``<name>.index.npz`` beside it (atomically).
+        save: Also write ``<name>.index.npz`` beside it (atomically), replacing any old one.
 
     Raises:
-        TFRecordError: The file is corrupted or truncated.
+        TFRecordError: The file is corrupted or truncated inside a record.
     """
     tfrecord = Path(tfrecord)
     offsets, locations = _scan(tfrecord, verify=True)
@@ -360,8 +467,8 @@ def build_index(tfrecord: str | Path, *, save: bool = True) -> tuple[np.ndarray,
     return offsets, locations
 
 
-def _read_framed(f: BinaryIO, path: Path, offset: int, header: bytes, verify: bool) -> bytes:
-    """Read one record's data given its 12 header bytes, checking both CRCs."""
+def _parse_header(path: Path, offset: int, header: bytes, verify: bool) -> int:
+    """The data length from a record's 12 header bytes, its CRC checked when ``verify``."""
     if len(header) < 12:
         raise TFRecordError(
             f"{path}: truncated record header at byte offset {offset}. The file is incomplete; "
@@ -374,6 +481,11 @@ def _read_framed(f: BinaryIO, path: Path, offset: int, header: bytes, verify: bo
             f"{path}: CRC-32C mismatch in the length of the record at byte offset {offset}; "
             "the file is corrupted. Extract the tiles for this slide again."
         )
+    return int(length)
+
+
+def _read_body(f: BinaryIO, path: Path, offset: int, length: int, verify: bool) -> bytes:
+    """Read a record's data and data CRC (the caller has checked they fit in the file)."""
     body = f.read(length + 4)
     if len(body) < length + 4:
         raise TFRecordError(
@@ -387,6 +499,17 @@ def _read_framed(f: BinaryIO, path: Path, offset: int, header: bytes, verify: bo
             "the file is corrupted. Extract the tiles for this slide again."
         )
     return data
+
+
+def _decode(path: Path, offset: int, data: bytes) -> dict[str, list[Any]]:
+    """:func:`decode_example` with the file and record named in its error."""
+    try:
+        return _parse_example(data)
+    except _PARSE_ERRORS as exc:
+        raise TFRecordError(
+            f"{path}: the record at byte offset {offset} is not a valid tf.train.Example "
+            f"({exc}). Extract the tiles for this slide again."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,26 +609,51 @@ class TFRecordWriter:
 
 
 class TFRecordReader:
-    """Random access to the records of a TFRecord through its index.
+    """Random access to the records of a TFRecord, verified rather than trusted.
 
     ``reader[i]`` returns the ``i``-th record as a dict; single-valued features are unwrapped
-    (``{"slide": b"name", "image_raw": b"...", "loc_x": 128, "loc_y": 384}``). Every read checks
-    both masked CRC-32Cs. The reader opens its file lazily and pickles without it, so it can be
-    handed to worker processes.
+    (``{"slide": b"name", "image_raw": b"...", "loc_x": 128, "loc_y": 384}``). The reader opens
+    its file lazily and pickles without it, so it can be handed to worker processes.
 
-    If the index is missing or does not match the file, it is rebuilt in memory by scanning the
-    file (call :func:`build_index` to save it).
+    What is checked, and when:
+
+    * **On open**, the whole file is read once: every record's framing (its length against the
+      file's size), both CRC-32Cs, and its Example, which gives :attr:`offsets` and
+      :attr:`locations`. Locations therefore always come from the records (``loc_x``,
+      ``loc_y``; -1 where a record has none), never from the index. This costs about one
+      sequential read of the file, a few percent of decoding its tiles.
+    * **The index** ``<name>.index.npz`` is an offset cache: when it exists, its offsets,
+      lengths and locations must equal what the file holds, or opening fails with a
+      :class:`~histobag.errors.TFRecordError` naming the file. An index listing more records or
+      bytes than the file holds is how a file truncated at a record boundary shows itself.
+      ``rebuild_index=True`` (or :func:`build_index`) replaces a stale index instead.
+    * **On every read**, the record's framing is checked again, its data CRC when ``verify``,
+      and its location against the one found on open, so a file changed after opening is an
+      error rather than wrong tiles.
+
+    Without an index, a file truncated exactly at a record boundary cannot be told from a file
+    that was written shorter: it opens with fewer records. Keep the index beside the TFRecord
+    (:class:`TFRecordWriter` writes it) to detect that; a missing index is built in memory on
+    open and not saved (call :func:`build_index` to save it).
     """
 
-    def __init__(self, path: str | Path, *, verify: bool = True) -> None:
-        """Open the TFRecord at ``path``.
+    def __init__(
+        self, path: str | Path, *, verify: bool = True, rebuild_index: bool = False
+    ) -> None:
+        """Open and verify the TFRecord at ``path``.
 
         Args:
             path: A ``.tfrecords`` file.
-            verify: Check CRCs on every read.
+            verify: Check both CRC-32Cs of every record, on open and on every read. ``False``
+                trusts the payloads (a corrupted record may then decode to wrong pixels or
+                locations); framing and the index are checked either way.
+            rebuild_index: Replace ``<name>.index.npz`` with one built from the file instead of
+                checking it. Only for a file known to be complete: a file truncated at a record
+                boundary is accepted as it is.
 
         Raises:
-            TFRecordError: The file does not exist, or is corrupted while its index is rebuilt.
+            TFRecordError: The file does not exist, is corrupted or truncated, or disagrees with
+                its index. The message names the file and says what to do.
         """
         self.path = Path(path)
         if not self.path.is_file():
@@ -515,28 +663,11 @@ class TFRecordReader:
             )
         self.verify = verify
         self._file: BinaryIO | None = None
-        self.offsets, self.locations = self._load_index()
-
-    def _load_index(self) -> tuple[np.ndarray, np.ndarray]:
-        size = self.path.stat().st_size
-        idx = index_path(self.path)
-        if idx.is_file():
-            try:
-                offsets, locations = read_index(idx)
-            except TFRecordError as exc:
-                logger.warning("%s; rebuilding it from %s.", exc, self.path)
-            else:
-                ends = offsets[:, 0] + offsets[:, 1]
-                consistent = (len(offsets) == 0 and size == 0) or (
-                    len(offsets) > 0
-                    and offsets[0, 0] == 0
-                    and ends[-1] == size
-                    and np.array_equal(offsets[1:, 0], ends[:-1])
-                )
-                if consistent:
-                    return offsets, locations
-                logger.warning("Index %s does not match %s; rebuilding it.", idx, self.path)
-        return _scan(self.path, verify=True)
+        self.offsets, self.locations = _scan(self.path, verify=verify or rebuild_index)
+        if rebuild_index:
+            write_index(index_path(self.path), self.offsets, self.locations)
+        elif index_path(self.path).is_file():
+            _check_index(self.path, self.offsets, self.locations)
 
     def __len__(self) -> int:
         """Return the number of records."""
@@ -544,27 +675,55 @@ class TFRecordReader:
 
     def _handle(self) -> BinaryIO:
         if self._file is None:
-            self._file = self.path.open("rb")
+            # Unbuffered: a read always sees the file as it is now, never a stale buffer.
+            self._file = self.path.open("rb", buffering=0)
         return self._file
+
+    def _position(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} out of range for {self.path} with {n} records")
+        return i % n
 
     def read_record(self, i: int) -> bytes:
         """Return the serialised Example of record ``i`` (negative indices count from the end).
 
         Raises:
             IndexError: ``i`` is out of range.
-            TFRecordError: The record is corrupted (a CRC mismatch) or truncated.
+            TFRecordError: The record is corrupted (a CRC mismatch), truncated, or no longer
+                where it was when the file was opened.
         """
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"record {i} out of range for {self.path} with {n} records")
-        offset = int(self.offsets[i % n, 0])
+        i = self._position(int(i))
+        offset, size = int(self.offsets[i, 0]), int(self.offsets[i, 1])
         f = self._handle()
         f.seek(offset)
-        return _read_framed(f, self.path, offset, f.read(12), self.verify)
+        length = _parse_header(self.path, offset, f.read(12), self.verify)
+        if 16 + length != size:
+            raise TFRecordError(
+                f"{self.path}: the record at byte offset {offset} now frames {16 + length} bytes, "
+                f"not the {size} it framed when the file was opened; the file changed while it "
+                "was being read. Open it again once it is complete."
+            )
+        return _read_body(f, self.path, offset, length, self.verify)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """Record ``i`` decoded, with single-valued features unwrapped."""
-        return _unwrap(decode_example(self.read_record(int(i))))
+        """Record ``i`` decoded, with single-valued features unwrapped.
+
+        Raises:
+            IndexError: ``i`` is out of range.
+            TFRecordError: As :meth:`read_record`, or the record's location is not the one it
+                held when the file was opened.
+        """
+        i = self._position(int(i))
+        offset = int(self.offsets[i, 0])
+        example = _decode(self.path, offset, self.read_record(i))
+        if _location(example) != tuple(map(int, self.locations[i])):
+            raise TFRecordError(
+                f"{self.path}: the record at byte offset {offset} now holds the location "
+                f"{_location(example)}, not {tuple(map(int, self.locations[i]))} as when the file "
+                "was opened; the file changed while it was being read. Open it again."
+            )
+        return _unwrap(example)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Iterate over the records in file order."""
@@ -572,14 +731,32 @@ class TFRecordReader:
             yield self[i]
 
     def read_tiles(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Decode the ``image_raw`` of the given records into a uint8 (n, H, W, 3) array."""
+        """Decode the ``image_raw`` of the given records into a uint8 (n, H, W, 3) array.
+
+        Raises:
+            IndexError: An index is out of range.
+            TFRecordError: A record is corrupted, holds no decodable image, or the tiles differ
+                in size.
+        """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        tiles = [decode_image(self[int(i)]["image_raw"]) for i in indices]
+        tiles = [self._tile(int(i)) for i in indices]
         if not tiles:
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
         if len({t.shape for t in tiles}) > 1:
             raise TFRecordError(f"{self.path}: tiles of different sizes cannot be stacked.")
         return np.stack(tiles)
+
+    def _tile(self, i: int) -> np.ndarray:
+        image = self[i].get("image_raw")
+        try:
+            if not isinstance(image, bytes):
+                raise ValueError("it has no single 'image_raw' bytes feature")
+            return decode_image(image)
+        except Exception as exc:  # Pillow raises several types for bytes that are no image
+            raise TFRecordError(
+                f"{self.path}: record {i} holds no readable tile image ({exc}). "
+                "Extract the tiles for this slide again."
+            ) from None
 
     def close(self) -> None:
         """Close the file handle (it reopens on the next read)."""
