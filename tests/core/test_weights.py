@@ -5,7 +5,12 @@ import torch
 from safetensors.torch import save_file
 
 import histobag
-from histobag.errors import CheckpointMismatchError, UnsafeCheckpointError, WeightsError
+from histobag.errors import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsError,
+    WeightsNotFoundError,
+)
 from histobag.extractors.weights import sha256sum, unwrap
 from tests.core.toy_models import ToyNet, registered, toy_spec
 from tests.helpers import perturb_
@@ -47,7 +52,7 @@ def test_loads_flat_nested_and_safetensors(tmp_path, trained, tiles224, suffix, 
         )
     assert torch.allclose(fe(tiles224), _reference(trained, tiles224, fe), atol=1e-6)
     assert fe.weights_sha256 == sha256sum(path)
-    assert fe.dump_config()["kwargs"]["weights"] == str(path)
+    assert fe.dump_config()["kwargs"]["weights"] == str(path.resolve())
 
 
 def test_unwrap_descends_nested_levels():
@@ -101,10 +106,13 @@ def test_wrong_keys_and_shapes_give_a_readable_diff(tmp_path, trained):
     assert "fc.weight: checkpoint (8, 9) vs model (8, 8)" in message
 
 
-def test_missing_file_and_non_state_dict(tmp_path):
+def test_missing_file_and_non_state_dict(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with registered(toy_spec()):
-        with pytest.raises(WeightsError, match="not found"):
-            histobag.build_feature_extractor("toy", weights=tmp_path / "nope.pth")
+        with pytest.raises(WeightsNotFoundError, match="not found") as err:
+            histobag.build_feature_extractor("toy", weights="nope.pth")
+        assert isinstance(err.value, FileNotFoundError)  # and a WeightsError
+        assert f"nope.pth (resolved to {tmp_path.resolve() / 'nope.pth'})" in str(err.value)
         path = tmp_path / "list.pth"
         torch.save([torch.zeros(1)], path)
         with pytest.raises(WeightsError, match="not a state dict"):

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from histobag.errors import ConfigError, HistobagError
+from histobag.errors import (
+    ConfigError,
+    ExtractorArgumentError,
+    HistobagError,
+    WeightsError,
+    WeightsNotFoundError,
+)
+from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor
 
 CONFIG_NAME = "bags_config.json"
 
@@ -73,18 +81,54 @@ def make_config(
     }
 
 
+def _weights_file(config: dict[str, Any]) -> str | None:
+    """The local weights file recorded in a configuration (None: downloaded, random or none)."""
+    extractor = config.get("extractor")
+    kwargs = extractor.get("kwargs") if isinstance(extractor, dict) else None
+    weights = kwargs.get("weights") if isinstance(kwargs, dict) else None
+    return weights if isinstance(weights, str) and weights != RANDOM_WEIGHTS else None
+
+
 def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a configuration that determines the features."""
+    """The part of a configuration that determines the features.
+
+    A local weights file counts by its sha256 (``weights_sha256``), not by the spelling of its
+    path: the same file under another name, or moved, is the same configuration.
+    """
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
+    if _weights_file(config) is not None and out["weights_sha256"]:
+        extractor = config["extractor"]
+        kwargs = {k: v for k, v in extractor["kwargs"].items() if k != "weights"}
+        out["extractor"] = {**extractor, "kwargs": kwargs}
     return json.loads(json.dumps(out))  # normalise tuples/ints for comparison
 
 
+def _weights_label(config: dict[str, Any]) -> str:
+    """``sha256 <digest> (<where from>)`` of a configuration's weights, for messages."""
+    provenance = config.get("provenance") or {}
+    digest = provenance.get("weights_sha256") or "none"
+    where = _weights_file(config) or provenance.get("weights_source") or "no weights file"
+    return f"sha256 {digest} ({where})"
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable fingerprint differences between two configurations."""
+    """Human-readable fingerprint differences between two configurations.
+
+    Weights that differ are named by both digests and both files, e.g.
+    ``weights: sha256 3f2a... (/data/r18.safetensors) -> sha256 9c41... (/tmp/r18.safetensors)``.
+    """
     a, b = fingerprint(old), fingerprint(new)
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+    out = []
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        if key == "weights_sha256":
+            out.append(f"weights: {_weights_label(old)} -> {_weights_label(new)}")
+        else:
+            out.append(f"{key}: {a[key]!r} -> {b[key]!r}")
+    return out
 
 
 def config_path(path: str | os.PathLike[str]) -> Path:
@@ -163,31 +207,117 @@ def build_normalizer(config: dict[str, Any] | None) -> Any:
     return factory(fit) if fit else factory()
 
 
-def rebuild_from_config(path: str | os.PathLike[str]) -> tuple[Any, Any]:
+def _recorded_weights(recorded: str, digest: str | None, file: Path) -> Path:
+    """The weights file a configuration records, from any working directory.
+
+    Current files record an absolute path. Files written by older versions may record the path
+    as typed (relative): it is looked for relative to the bags folder, then to the current
+    directory, and a warning says which was used.
+
+    Raises:
+        WeightsNotFoundError: The file is not there (moved or deleted); the message names the
+            recorded path and sha256 and how to pass the file's new location.
+    """
+    path = Path(recorded).expanduser()
+    candidates = (
+        [(path, "")]
+        if path.is_absolute()
+        else [(file.parent / path, "the bags folder"), (Path.cwd() / path, "the current directory")]
+    )
+    for candidate, where in candidates:
+        if candidate.exists():
+            if where:
+                warnings.warn(
+                    f"{file} records the weights as the relative path {recorded!r} (written by "
+                    f"an older histobag); using {candidate.resolve()}, found relative to "
+                    f"{where}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return candidate.resolve()
+    looked = " or ".join(str(c) for c, _ in candidates)
+    raise WeightsNotFoundError(
+        f"The weights file recorded in {file} is not at {looked} any more (sha256 "
+        f"{digest or 'not recorded'}). If it moved, pass its new location: "
+        f"rebuild_extractor({str(file.parent)!r}, weights='/new/path/{path.name}'); the file is "
+        "checked against the recorded sha256."
+    )
+
+
+def rebuild_from_config(
+    path: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None
+) -> tuple[Any, Any]:
     """(extractor, normalizer) as recorded in a bags folder or config file.
 
     Builds registered names only, with the recorded keyword arguments; never imports anything
     named in the file.
-    """
-    from histobag.extractors.registry import build_feature_extractor
 
+    Args:
+        path: A bags folder, or its ``bags_config.json``.
+        weights: Where the recorded weights are now (a file or a folder holding it), when they
+            moved or were downloaded and the machine is offline. They must be the same bytes:
+            their sha256 is checked against the one recorded.
+
+    Raises:
+        ConfigError: The file is missing, damaged or tampered (an unknown extractor, a value
+            the extractor refuses, such as a device this machine does not have).
+        WeightsNotFoundError: The recorded weights file (or ``weights``) does not exist; also a
+            ``FileNotFoundError``.
+        WeightsError: The weights found are not the ones recorded (another sha256), or they
+            cannot be loaded.
+    """
     file = config_path(path)
     config = read_config(file)
     spec = config["extractor"]
+    kwargs = dict(spec.get("kwargs", {}))
+    recorded = (config.get("provenance") or {}).get("weights_sha256")
+    recorded_file = _weights_file(config)
+    if weights is not None:
+        if not recorded:
+            raise WeightsError(
+                f"{file} records no weights file to replace (the bags were made with "
+                f"{kwargs.get('weights') or 'no'} weights), so weights= cannot be checked "
+                "against it. To extract with other weights, build the extractor yourself with "
+                f"build_feature_extractor({spec['extractor']!r}, weights=...)."
+            )
+        kwargs["weights"] = os.fspath(weights)
+    elif recorded_file is not None:
+        kwargs["weights"] = str(_recorded_weights(recorded_file, recorded, file))
     try:
-        extractor = build_feature_extractor(spec["extractor"], **spec.get("kwargs", {}))
+        extractor = build_feature_extractor(spec["extractor"], **kwargs)
         normalizer = build_normalizer(config.get("normalizer"))
+    except WeightsNotFoundError:
+        raise  # names the missing file, which is not in the configuration
+    except ExtractorArgumentError as exc:
+        raise ConfigError(f"{file} records arguments the extractor refuses: {exc}") from exc
+    except WeightsError as exc:
+        raise ConfigError(
+            f"Cannot rebuild the extractor recorded in {file}: {exc}\nIf you have the weights "
+            f"as a file, pass it: rebuild_extractor({str(file.parent)!r}, weights=...)."
+        ) from exc
     except HistobagError as exc:
         raise ConfigError(f"Cannot rebuild the extractor recorded in {file}: {exc}") from exc
-    except TypeError as exc:
-        raise ConfigError(f"{file} records arguments the extractor refuses: {exc}") from exc
-    recorded = (config.get("provenance") or {}).get("weights_sha256")
-    if recorded and extractor.weights_sha256 and recorded != extractor.weights_sha256:
-        import warnings
-
-        warnings.warn(
-            f"The weights loaded now (sha256 {extractor.weights_sha256[:12]}...) differ from those "
-            f"recorded in {file} ({recorded[:12]}...); features will not match the bags.",
+    except (TypeError, ValueError, RuntimeError) as exc:  # raised by a pack's factory
+        raise ConfigError(
+            f"{file} records arguments the extractor refuses ({spec['extractor']!r} with "
+            f"{json.dumps(spec.get('kwargs', {}))}): {type(exc).__name__}: {exc}"
+        ) from exc
+    actual = extractor.weights_sha256
+    if recorded and actual != recorded:
+        message = (
+            f"The weights loaded now ({extractor.weights_source}, sha256 {actual}) are not "
+            f"those recorded in {file} (sha256 {recorded}); features would not match the bags."
+        )
+        if weights is not None or recorded_file is not None:  # a local file: the wrong one
+            raise WeightsError(
+                message + " Pass the file with the recorded sha256 as weights=. To extract "
+                "with these weights on purpose, build the extractor yourself with "
+                f"build_feature_extractor({spec['extractor']!r}, weights=...) and write to "
+                "another folder."
+            )
+        warnings.warn(  # a download: the published file changed; there is nothing else to get
+            message + " The published file has changed since; pass the original file as "
+            "weights= if you have it.",
             UserWarning,
             stacklevel=2,
         )

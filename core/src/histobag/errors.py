@@ -33,6 +33,10 @@ class WeightsError(HistobagError):
     """Model weights could not be found, downloaded or loaded."""
 
 
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """A weights file (named by the user or recorded in a configuration) does not exist."""
+
+
 class GatedWeightsError(WeightsError):
     """The weights live in a gated Hugging Face repository the user has no access to."""
 
@@ -71,3 +75,55 @@ class TFRecordError(HistobagError):
 
 class ConfigError(HistobagError):
     """A configuration file (bags_config.json, project.json...) is missing, invalid or tampered."""
+
+
+class TileAccountingError(HistobagError):
+    """A slide's tiles were not each accounted for exactly once (kept with features, or filtered).
+
+    Raised instead of writing a bag that would silently miss (or repeat) tiles.
+    """
+
+
+class StorageError(HistobagError, OSError):
+    """A file could not be written: no space left, a read-only folder, or no permission.
+
+    Attributes:
+        folder: The folder that could not be written.
+        needed_bytes: About how many bytes the write needed, when known.
+        free_bytes: Free bytes in ``folder`` when the error happened, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno_: int | None = None,
+        folder: str | None = None,
+        needed_bytes: int | None = None,
+        free_bytes: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.strerror = message
+        self.folder = folder
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ArgumentError(HistobagError, ValueError):
+    """An argument is of the wrong kind or out of range; the message says what is allowed."""
+
+
+class HistobagWarning(UserWarning):
+    """Base class of the warnings histobag issues."""
+
+
+class EmptyRunWarning(HistobagWarning):
+    """A run had nothing to do or produced nothing: no slides, or no slide gave a bag."""
+
+
+class CheckpointDtypeWarning(HistobagWarning):
+    """Checkpoint tensors of another dtype than the model's were converted without loss."""

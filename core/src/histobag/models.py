@@ -317,17 +317,18 @@ def extractor_from_saved_model(
     Raises:
         ConfigError: The folder is not a saved model.
         HistobagError: timm is not installed.
-        CheckpointMismatchError: The weights do not fit the architecture.
+        WeightsError: The weights file is missing (``WeightsNotFoundError``) or unreadable.
+        CheckpointMismatchError: The weights do not fit the architecture (keys, shapes or
+            dtypes).
     """
     import torch
-    from safetensors.torch import load_file
 
     from histobag.extractors.base import ModelBuild
     from histobag.extractors.layers import normalise_layers
     from histobag.extractors.preprocess import resolve_preprocessing
     from histobag.extractors.registry import _resolve_device
     from histobag.extractors.spec import ExtractorSpec, Preprocessing
-    from histobag.extractors.weights import load_strict, sha256sum
+    from histobag.extractors.weights import load_strict, read_checkpoint, sha256sum
 
     folder = Path(path).expanduser().resolve()
     config = read_model_config(folder)
@@ -337,10 +338,14 @@ def extractor_from_saved_model(
     except RuntimeError as exc:  # timm's "Unknown model"
         raise ConfigError(f"{folder}: cannot build timm architecture: {exc}") from None
     network.eval()
-    weights_file = Path(weights) if weights is not None else folder / config["weights"]
+    weights_file = (
+        Path(weights).expanduser().resolve()  # recorded so: rebuildable from any directory
+        if weights is not None
+        else folder / config["weights"]
+    )
     if weights_file.suffix != ".safetensors":
         raise ExtractorArgumentError(f"Saved-model weights must be .safetensors: {weights_file}")
-    state_dict = load_file(str(weights_file))
+    state_dict = read_checkpoint(weights_file)
     # safetensors drops tied duplicates; fill them back from the module's own tensors
     for key, value in network.state_dict().items():
         if _is_tied(network, key, state_dict):
@@ -380,7 +385,7 @@ def extractor_from_saved_model(
         "layers": names if names != ["postconv"] else None,
         "pooling": pooling if pooling != "avg" else None,
         "include_logits": include_logits or None,
-        "weights": str(weights) if weights is not None else None,
+        "weights": str(weights_file) if weights is not None else None,
         "mixed_precision": False if not mixed_precision else None,
         "resize": resize,
         "center_crop": center_crop,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag import plugins
-from histobag.errors import ExtractorArgumentError, UnknownExtractorError, WeightsError
+from histobag.errors import (
+    ExtractorArgumentError,
+    UnknownExtractorError,
+    WeightsError,
+    WeightsNotFoundError,
+)
 from histobag.extractors.catalogue import KNOWN_ELSEWHERE
 from histobag.extractors.spec import ExtractorSpec
 
@@ -115,11 +121,94 @@ def _check_kwargs(spec: ExtractorSpec, model_kwargs: dict[str, Any]) -> None:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (the default device for ``None``).
+
+    Raises:
+        ExtractorArgumentError: ``device`` is not a device name, or names a device this
+            machine does not have (e.g. ``"cuda"`` without a GPU, ``"cuda:3"`` with two).
+    """
     import torch
 
     from histobag.extractors.base import default_device
 
-    return default_device() if device is None else torch.device(device)
+    if device is None:
+        return default_device()
+    usage = "Pass e.g. device='cuda', 'cuda:1', 'mps' or 'cpu', or leave it unset"
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ExtractorArgumentError(f"device must be a device name, not {device!r}. {usage}.")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExtractorArgumentError(f"Unknown device {device!r} ({detail}). {usage}.") from None
+    if not _device_available(resolved):
+        raise ExtractorArgumentError(
+            f"device {device!r} is not available on this machine. {usage} (the default is "
+            f"{default_device()} here)."
+        )
+    return resolved
+
+
+def _device_available(device: torch.device) -> bool:
+    """Whether this machine can run a model on ``device`` (an index must exist too)."""
+    import torch
+
+    if device.type == "cpu":
+        return True
+    if device.type == "meta":  # holds no values: nothing to compute features on
+        return False
+    if device.type == "mps":
+        return bool(torch.backends.mps.is_available())
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):
+        return True  # a backend torch knows by name only: let it decide when moving there
+    if not is_available():
+        return False
+    count = getattr(backend, "device_count", None)
+    return device.index is None or not callable(count) or device.index < count()
+
+
+def _check_common_args(
+    weights: Any, mixed_precision: Any, antialias: Any, norm_mean: Any, norm_std: Any
+) -> None:
+    """Type checks of the arguments every extractor takes (values recorded in a
+    ``bags_config.json`` arrive here unchecked).
+
+    Raises:
+        ExtractorArgumentError: Naming the argument and the bad value.
+    """
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ExtractorArgumentError(
+            f"weights must be a checkpoint file, a folder holding one, None (download) or "
+            f"{RANDOM_WEIGHTS!r}, not {weights!r}."
+        )
+    if not isinstance(mixed_precision, bool) and mixed_precision not in (0, 1):
+        raise ExtractorArgumentError(
+            f"mixed_precision must be True or False, not {mixed_precision!r}."
+        )
+    if antialias is not None and not isinstance(antialias, bool):
+        raise ExtractorArgumentError(f"antialias must be True, False or None, not {antialias!r}.")
+    for arg, value in (("norm_mean", norm_mean), ("norm_std", norm_std)):
+        if value is None:
+            continue
+        numbers: list[float] = []
+        if not isinstance(value, (str, bytes)):
+            try:
+                numbers = [float(v) for v in value]
+            except (TypeError, ValueError):
+                numbers = []
+        positive = arg == "norm_std"
+        if (
+            len(numbers) != 3
+            or not all(math.isfinite(x) for x in numbers)
+            or (positive and min(numbers) <= 0)
+        ):
+            raise ExtractorArgumentError(
+                f"{arg} must be three finite numbers (R, G, B on the [0, 1] scale"
+                + (", each above 0" if positive else "")
+                + f"), not {value!r}."
+            )
 
 
 def build_feature_extractor(
@@ -146,7 +235,11 @@ def build_feature_extractor(
             model's Hugging Face repository, or a ``save_pretrained`` folder). ``None``
             downloads the official weights from Hugging Face (honouring ``HF_TOKEN``,
             ``HF_HUB_OFFLINE`` and the cache);
-            ``"random"`` keeps the random initialisation.
+            ``"random"`` keeps the random initialisation. A local file is recorded (in
+            :meth:`~FeatureExtractor.dump_config` and ``bags_config.json``) as its absolute,
+            resolved path, with its sha256 in the provenance. Checkpoint tensors of another
+            floating-point precision are converted only when no value changes (with a
+            warning); integer tensors for floating-point parameters are refused.
         device: ``"cuda"``, ``"cpu"``, ...; default CUDA if available, else CPU.
         mixed_precision: Compute in bfloat16/float16 where the hardware supports it (CUDA, and
             CPUs with AVX512-BF16/AMX); outputs are float32 either way.
@@ -162,11 +255,15 @@ def build_feature_extractor(
 
     Raises:
         UnknownExtractorError: No installed pack provides ``name``.
-        ExtractorArgumentError: An unknown keyword argument or bad value.
-        WeightsError: Weights could not be found, downloaded or loaded.
+        ExtractorArgumentError: An unknown keyword argument or bad value (e.g. a device this
+            machine does not have).
+        WeightsError: Weights could not be found, downloaded or loaded (a missing local file
+            is a ``WeightsNotFoundError``, also a ``FileNotFoundError``; keys, shapes or
+            dtypes that do not fit are a ``CheckpointMismatchError``).
     """
     from histobag.models import extractor_from_saved_model, is_saved_model
 
+    _check_common_args(weights, mixed_precision, antialias, norm_mean, norm_std)
     if is_saved_model(name):  # a folder written by histobag.save_model
         return extractor_from_saved_model(
             name,
@@ -187,12 +284,13 @@ def build_feature_extractor(
 
     spec = extractor_info(name)
     _check_kwargs(spec, model_kwargs)
+    torch_device = _resolve_device(device)
     factory = spec.load_factory()
     build = factory(spec, **model_kwargs)
     if not isinstance(build, ModelBuild):
         build = ModelBuild(module=build)
 
-    sha, source = _load_weights(spec, build, weights)
+    sha, source, weights_file = _load_weights(spec, build, weights)
 
     overrides = dict(
         resize=resize,
@@ -207,8 +305,8 @@ def build_feature_extractor(
     )
     config_kwargs: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     config_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in config_kwargs.items()}
-    if weights is not None:
-        config_kwargs["weights"] = str(weights)
+    if weights is not None:  # recorded absolute and resolved: rebuildable from any directory
+        config_kwargs["weights"] = str(weights_file) if weights_file else RANDOM_WEIGHTS
     if not mixed_precision:
         config_kwargs["mixed_precision"] = False
     # Paths become strings so the configuration stays JSON (bags_config.json, fingerprints).
@@ -220,7 +318,7 @@ def build_feature_extractor(
         spec,
         build,
         preprocessing,
-        device=_resolve_device(device),
+        device=torch_device,
         mixed_precision=mixed_precision,
         config_kwargs=config_kwargs,
         weights_sha256=sha,
@@ -230,22 +328,34 @@ def build_feature_extractor(
 
 def _load_weights(
     spec: ExtractorSpec, build: Any, weights: str | os.PathLike[str] | None
-) -> tuple[str | None, str]:
-    """Find and strictly load the weights; return (sha256, where they came from)."""
+) -> tuple[str | None, str, Path | None]:
+    """Find and strictly load the weights.
+
+    Returns:
+        (sha256, where they came from, the local checkpoint file as an absolute resolved path
+        when the user passed one, else None).
+    """
     from histobag.extractors import weights as wt
 
     if weights is not None and str(weights) == RANDOM_WEIGHTS:
-        return None, RANDOM_WEIGHTS
+        return None, RANDOM_WEIGHTS, None
+    local: Path | None = None
     if weights is not None:
-        path, source = Path(weights).expanduser(), str(weights)
+        path = Path(weights).expanduser().resolve()
+        if not path.exists():
+            spelled = f"{weights} (resolved to {path})" if str(weights) != str(path) else path
+            raise WeightsNotFoundError(
+                f"Weights file not found: {spelled}. Check the path passed as weights=."
+            )
         if path.is_dir():
             preferred = build.hub[1] if build.hub else spec.hf_filename
             path = wt.checkpoint_in_folder(path, preferred, model=spec.name)
+        local, source = path, str(path)
     else:
         hub = build.hub or ((spec.hf_repo, spec.hf_filename) if spec.hf_repo else None)
         if hub is None:
             if not spec.weights_required:
-                return None, "none"
+                return None, "none", None
             raise WeightsError(
                 f"{spec.name} has no published weights to download; pass weights=/path/to/file."
             )
@@ -273,7 +383,7 @@ def _load_weights(
             WeightsMismatchWarning,
             stacklevel=3,
         )
-    return digest, source
+    return digest, source, local
 
 
 def factory_parameters(spec: ExtractorSpec) -> list[str]:

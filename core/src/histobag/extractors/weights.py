@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import socket
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from histobag.errors import (
+    CheckpointDtypeWarning,
     CheckpointMismatchError,
     GatedWeightsError,
     OfflineWeightsError,
     UnsafeCheckpointError,
     WeightsError,
+    WeightsNotFoundError,
 )
 
 if TYPE_CHECKING:
@@ -158,12 +161,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file safely: safetensors, or ``torch.load(weights_only=True)``.
 
     Raises:
-        WeightsError: The file is missing or unreadable.
+        WeightsNotFoundError: The file does not exist.
+        WeightsError: The file is unreadable.
         UnsafeCheckpointError: The file pickles objects other than tensors and containers.
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"Weights file not found: {path}. Check the path passed as weights=.")
+        raise WeightsNotFoundError(
+            f"Weights file not found: {path}. Check the path passed as weights=."
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -241,12 +247,23 @@ def load_strict(
     model: str,
     key_name: Callable[[str], str] | None = None,
 ) -> None:
-    """Load ``state_dict`` into ``module``; every key and shape must match.
+    """Load ``state_dict`` into ``module``; every key, shape and dtype must fit.
 
-    ``key_name`` maps a module key to the checkpoint's own name for it, for the error message.
+    Steps: compare keys and shapes; compare dtypes (:func:`check_dtypes`: a conversion that
+    keeps every value is made with a :class:`CheckpointDtypeWarning`, any other is refused);
+    then ``load_state_dict(strict=True)``.
+
+    Args:
+        module: The module to load into.
+        state_dict: The checkpoint's tensors, under the module's own key names.
+        source: Where the checkpoint came from (a path or ``hf://`` address), for messages.
+        model: The model's registered name, for messages.
+        key_name: Maps a module key to the checkpoint's own name for it, so messages name keys
+            as the checkpoint file does.
 
     Raises:
-        CheckpointMismatchError: With the missing, unexpected and shape-mismatched keys listed.
+        CheckpointMismatchError: With the missing, unexpected and shape-mismatched keys listed,
+            or the keys whose dtype cannot be converted without changing values.
     """
     own = module.state_dict()
     name = key_name or (lambda key: key)
@@ -273,4 +290,169 @@ def load_strict(
             + "\nIs this the right checkpoint for this model? Official weights load as "
             "published; a fine-tuned or re-saved file may nest or rename its keys."
         )
+    check_dtypes(own, state_dict, source=source, model=model, key_name=key_name)
     module.load_state_dict(state_dict, strict=True)
+
+
+def _is_integral(dtype: torch.dtype) -> bool:
+    """Integers and bool (the dtypes that hold no fractions)."""
+    return not dtype.is_floating_point and not dtype.is_complex
+
+
+def lossless_dtype(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every value ``src`` can hold is exactly representable in ``dst``.
+
+    ``float16`` and ``bfloat16`` fit in ``float32``, which fits in ``float64``; ``float64``
+    does not fit in ``float32``, nor ``float16`` in ``bfloat16`` (fewer mantissa bits) or
+    ``bfloat16`` in ``float16`` (smaller range). Integers fit in wider integers; ``bool`` in
+    any integer type. Never across kinds (integer, floating point, complex).
+
+    Args:
+        src: The checkpoint tensor's dtype.
+        dst: The model tensor's dtype.
+    """
+    import torch
+
+    if src == dst:
+        return True
+    if src.is_floating_point and dst.is_floating_point:
+        a, b = torch.finfo(src), torch.finfo(dst)
+        return b.eps <= a.eps and b.max >= a.max and b.tiny <= a.tiny
+    if _is_integral(src) and _is_integral(dst):
+        if src == torch.bool:
+            return True
+        if dst == torch.bool:
+            return False
+        i, j = torch.iinfo(src), torch.iinfo(dst)
+        return j.min <= i.min and j.max >= i.max
+    return False
+
+
+def _conversion_change(value: torch.Tensor, dst: torch.dtype) -> float:
+    """The largest absolute change of ``value``'s elements when converted to ``dst`` (0.0:
+    the conversion keeps every value exactly; NaN stays NaN)."""
+    import torch
+
+    if value.device.type == "meta" or value.numel() == 0:
+        return 0.0  # no values to lose
+    back = value.to(dst).to(value.dtype)
+    same = back == value
+    if value.is_floating_point() or value.is_complex():
+        same |= torch.isnan(back) & torch.isnan(value)
+    if bool(same.all()):
+        return 0.0
+    wide = torch.complex128 if value.is_complex() else torch.float64
+    change = (back.to(wide) - value.to(wide)).abs()[~same]
+    return float(change.max())
+
+
+def check_dtypes(
+    own: Mapping[str, Any],
+    state_dict: Mapping[str, Any],
+    *,
+    source: str,
+    model: str,
+    key_name: Callable[[str], str] | None = None,
+) -> None:
+    """Check each checkpoint tensor's dtype against the model tensor it will be copied into.
+
+    ``load_state_dict`` casts silently; this makes the cast visible or refuses it:
+
+    - same dtype, or integer (or bool) into an integer buffer that holds every value (e.g.
+      BatchNorm's ``num_batches_tracked``): loaded as is, without a word;
+    - floating point of another precision whose values all survive the conversion (always for
+      ``float16``/``bfloat16`` into ``float32``; for ``float64`` into ``float32`` only when each
+      value is exactly a ``float32``, as after ``model.double()``): converted, with one
+      :class:`CheckpointDtypeWarning` naming the dtypes;
+    - anything else is a :class:`~histobag.errors.CheckpointMismatchError`: integer or bool
+      tensors for floating-point parameters (a quantized or wrong checkpoint), complex tensors
+      for real ones, values the model's dtype cannot hold exactly (rounded or overflowing),
+      and values that are not tensors.
+
+    Args:
+        own: The model's state dict (its tensors give the target dtypes).
+        state_dict: The checkpoint, under the model's key names; its keys and shapes already
+            match ``own``'s.
+        source: Where the checkpoint came from, for messages.
+        model: The model's registered name, for messages.
+        key_name: Maps a module key to the checkpoint's name for it, for messages.
+
+    Raises:
+        CheckpointMismatchError: Listing every key that cannot be converted without loss.
+    """
+    import torch
+
+    name = key_name or (lambda key: key)
+    not_tensors: list[str] = []
+    wrong_kind: list[str] = []
+    lossy: list[str] = []
+    converted: dict[tuple[str, str], list[str]] = {}
+    for key in sorted(set(own) & set(state_dict)):
+        value, target = state_dict[key], own[key]
+        if not isinstance(value, torch.Tensor):
+            not_tensors.append(f"{name(key)}: {type(value).__name__}")
+            continue
+        src, dst = value.dtype, target.dtype
+        if src == dst:
+            continue
+        pair = f"{name(key)}: {_dtype_name(src)} in the checkpoint, {_dtype_name(dst)} in the model"
+        if (_is_integral(src) and not _is_integral(dst)) or (src.is_complex and not dst.is_complex):
+            wrong_kind.append(pair)
+            continue
+        if not lossless_dtype(src, dst):
+            change = _conversion_change(value, dst)
+            if change:
+                lossy.append(f"{pair} (largest change {change:.3g})")
+                continue
+        if not (_is_integral(src) and _is_integral(dst)):
+            converted.setdefault((_dtype_name(src), _dtype_name(dst)), []).append(name(key))
+    if not_tensors or wrong_kind or lossy:
+        parts = [
+            _listing(title, items)
+            for title, items in (
+                ("not tensors", not_tensors),
+                ("integer or bool for floating-point, or complex for real tensors", wrong_kind),
+                ("values the model's dtype cannot hold exactly", lossy),
+            )
+            if items
+        ]
+        advice = []
+        if not_tensors:
+            advice.append("A state dict maps parameter names to tensors only.")
+        if wrong_kind:
+            advice.append(
+                "Integer weights for a floating-point model mean a quantized, converted or "
+                "wrong checkpoint; PyTorch would cast them to whole numbers silently. Pass the "
+                "floating-point checkpoint of this model."
+            )
+        if lossy:
+            advice.append(
+                "PyTorch would round (or overflow) these weights silently, so histobag "
+                "refuses them. If that is acceptable, convert the checkpoint to the model's dtype "
+                "yourself and pass that file, e.g. for float32: save_file({k: v.float() if "
+                "v.is_floating_point() else v for k, v in load_file(path).items()}, "
+                "'float32.safetensors') with safetensors.torch's load_file and save_file."
+            )
+        raise CheckpointMismatchError(
+            f"The weights in {source} do not fit {model!r}:\n"
+            + "\n".join(parts)
+            + "\n"
+            + "\n".join(advice)
+        )
+    if converted:
+        lines = [
+            f"{len(keys)} {src} tensor(s) to {dst} (e.g. {', '.join(keys[:3])})"
+            for (src, dst), keys in converted.items()
+        ]
+        warnings.warn(
+            f"The weights in {source} were converted to the dtypes of {model!r}: "
+            + "; ".join(lines)
+            + ". No value changed in the conversion.",
+            CheckpointDtypeWarning,
+            stacklevel=2,
+        )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``."""
+    return str(dtype).removeprefix("torch.")
