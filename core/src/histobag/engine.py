@@ -28,7 +28,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,9 +36,12 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from histobag.errors import HistobagError
+from histobag.assembly import FeatureRows, TileLedger
+from histobag.errors import HistobagError, StorageError, TileAccountingError
+from histobag.files import storage_error
 from histobag.heap import HeapTrimmer
 from histobag.io.bags import TMP_PREFIX, TileGeometry
+from histobag.validation import check_batch_size, check_num_workers, positive_int
 
 if TYPE_CHECKING:
     from histobag.extractors.base import FeatureExtractor
@@ -110,8 +113,9 @@ class TileStream(torch.utils.data.IterableDataset):
     """Iterable over the items of a run, split round-robin between DataLoader workers.
 
     Items: ``("start", job, n_tiles, top_left, geometry, grid_index)`` (from the first worker),
-    ``("batch", job, batch, tiles uint8 (b, px, px, 3), kept bool (b,))`` and
-    ``("error", job, reason)``.
+    ``("batch", job, kept indices, tiles uint8 (b, px, px, 3), filtered indices)`` and
+    ``("error", job, reason)``. Across a slide's batches from every worker, each tile index
+    appears exactly once, either with its pixels (kept) or as filtered out.
     """
 
     def __init__(self, jobs: Sequence[Job], batch_size: int) -> None:
@@ -125,18 +129,19 @@ class TileStream(torch.utils.data.IterableDataset):
         for j, job in enumerate(self.jobs):
             try:
                 source, top_left, geometry = job.open()
+                n = len(source)
             except Exception as exc:  # a bad slide is reported, the run goes on
-                if worker == 0:
-                    yield ("error", j, describe_error(exc))
+                # Every worker reports: one that fails to open a slide that another opened
+                # would otherwise leave that slide's chunks unread.
+                yield ("error", j, describe_error(exc))
                 continue
-            n = len(source)
             n_chunks = math.ceil(n / self.batch_size)
             if worker == 0:
                 yield ("start", j, n, top_left, geometry, getattr(source, "grid_index", None))
             mine = [c for c in range(n_chunks) if (counter + c) % workers == worker]
             counter += n_chunks
             try:
-                yield from self._slide_batches(j, source, mine)
+                yield from self._slide_batches(job, j, source, mine)
             except Exception as exc:
                 yield ("error", j, describe_error(exc))
             close = getattr(source, "close", None)
@@ -144,38 +149,56 @@ class TileStream(torch.utils.data.IterableDataset):
                 close()
 
     def _slide_batches(
-        self, j: int, source: TileSource, chunks: list[int]
+        self, job: Job, j: int, source: TileSource, chunks: list[int]
     ) -> Iterator[tuple[Any, ...]]:
         """Read ``chunks`` of a slide, drop tiles failing the pixel filters, and yield full
-        batches of kept tiles: ``("batch", job, tile indices, tiles, tiles accounted for)``.
+        batches of kept tiles, each with the indices filtered out since the previous one.
 
-        Filtering before batching keeps the model fed with full batches of tissue only.
+        Filtering before batching keeps the model fed with full batches of tissue only. A
+        kept tile is reported only with its pixels and a filtered one only once, so the writer
+        can account for every tile index exactly once.
         """
         size = self.batch_size
-        pending_idx: list[np.ndarray] = []
-        pending_tiles: list[np.ndarray] = []
-        buffered = consumed = 0
+        kept_idx: list[np.ndarray] = []
+        kept_tiles: list[np.ndarray] = []
+        filtered: list[np.ndarray] = []
+        buffered = 0
         for c in chunks:
             idx = np.arange(c * size, min(len(source), (c + 1) * size))
-            tiles, kept = source.read_tiles(idx, return_mask=True)
-            consumed += len(idx)
+            tiles, kept = _read_chunk(job, source, idx)
+            filtered.append(idx[~kept])
             if kept.any():
-                pending_idx.append(idx[kept])
-                pending_tiles.append(tiles[kept])
+                kept_idx.append(idx[kept])
+                kept_tiles.append(tiles[kept])
                 buffered += int(kept.sum())
             while buffered >= size:
-                all_idx = np.concatenate(pending_idx)
-                all_tiles = np.concatenate(pending_tiles)
-                yield ("batch", j, all_idx[:size], torch.from_numpy(all_tiles[:size]), consumed)
-                pending_idx, pending_tiles = [all_idx[size:]], [all_tiles[size:]]
+                all_idx, all_tiles = np.concatenate(kept_idx), np.concatenate(kept_tiles)
+                yield (
+                    "batch",
+                    j,
+                    all_idx[:size],
+                    torch.from_numpy(all_tiles[:size]),
+                    np.concatenate(filtered),
+                )
+                kept_idx, kept_tiles, filtered = [all_idx[size:]], [all_tiles[size:]], []
                 buffered -= size
-                consumed = 0
-        if consumed or buffered:
-            all_idx = np.concatenate(pending_idx) if pending_idx else np.zeros(0, np.int64)
-            tiles = (
-                np.concatenate(pending_tiles) if pending_tiles else np.zeros((0, 1, 1, 3), np.uint8)
-            )
-            yield ("batch", j, all_idx, torch.from_numpy(tiles), consumed)
+        rest_filtered = np.concatenate(filtered) if filtered else np.zeros(0, np.int64)
+        if buffered or len(rest_filtered):
+            all_idx = np.concatenate(kept_idx) if buffered else np.zeros(0, np.int64)
+            tiles = np.concatenate(kept_tiles) if buffered else np.zeros((0, 1, 1, 3), np.uint8)
+            yield ("batch", j, all_idx, torch.from_numpy(tiles), rest_filtered)
+
+
+def _read_chunk(job: Job, source: TileSource, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles and keep-mask of ``idx``, checked to be one tile and one flag per index."""
+    tiles, kept = source.read_tiles(idx, return_mask=True)
+    tiles, kept = np.asarray(tiles), np.asarray(kept)
+    if len(tiles) != len(idx) or kept.shape != (len(idx),) or kept.dtype != bool:
+        raise TileAccountingError(
+            f"{job.key}: asked the tile source for {len(idx)} tiles, got {len(tiles)} tiles and "
+            f"a mask of shape {kept.shape} ({kept.dtype}); no bag was written."
+        )
+    return tiles, kept
 
 
 # ------------------------------------------------------------------------------------------
@@ -185,23 +208,33 @@ class TileStream(torch.utils.data.IterableDataset):
 
 @dataclass
 class _Assembly:
-    n_tiles: int
+    ledger: TileLedger
+    rows: FeatureRows
     top_left: np.ndarray
     geometry: TileGeometry
     grid_index: np.ndarray | None
-    spill: Path | None
-    features: np.ndarray | None = None
-    kept: np.ndarray | None = None
-    received: int = 0
-    pending: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class _Writer(threading.Thread):
-    """Assembles slides from batches and hands finished ones to the sink."""
+    """Assembles slides from batches and hands finished ones to the sink.
 
-    def __init__(self, jobs: Sequence[Job], sink: Sink, spill_dir: Path | None, depth: int) -> None:
+    A slide is finished when its :class:`~histobag.assembly.TileLedger` has accounted for every
+    tile. A problem with one slide fails that slide; a :class:`StorageError` (full disk,
+    read-only folder) fails it and stops the run, since every later slide would fail the same
+    way.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        sink: Sink,
+        spill_dir: Path | None,
+        depth: int,
+        n_features: int | None,
+    ) -> None:
         super().__init__(name="histobag-writer", daemon=True)
         self.jobs = jobs
+        self.n_features = n_features
         self.sink = sink
         self.spill_dir = spill_dir
         self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
@@ -213,7 +246,8 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         try:
             while (item := self.queue.get()) is not None:
-                self._handle(item)
+                if self.error is None:
+                    self._handle(item)
         except BaseException as exc:  # surfaced by the main thread
             self.error = exc
             traceback.print_exc()
@@ -226,90 +260,116 @@ class _Writer(threading.Thread):
             return
         if kind == "error":
             self._fail(j, item[2])
-        elif kind == "start":
-            _, _, n, top_left, geometry, grid_index = item
-            spill = None
-            if self.spill_dir is not None:
+            return
+        try:
+            if kind == "start":
+                self._start(j, *item[2:])
+            elif j not in self.slides:
+                self.early.setdefault(j, []).append(item)
+                return
+            else:
+                self._add(j, item)
+            self._maybe_finish(j)
+        except StorageError as exc:
+            self._fail(j, describe_error(exc))
+            self.error = exc  # stops the run: the next slides would fail the same way
+        except Exception as exc:  # this slide fails; the run goes on
+            self._fail(j, describe_error(exc))
+
+    def _start(
+        self,
+        j: int,
+        n: int,
+        top_left: np.ndarray,
+        geometry: TileGeometry,
+        grid_index: np.ndarray | None,
+    ) -> None:
+        spill = None
+        if self.spill_dir is not None:
+            try:
                 fd, name = tempfile.mkstemp(
                     prefix=TMP_PREFIX, suffix=".features", dir=self.spill_dir
                 )
-                os.close(fd)
-                spill = Path(name)
-            self.slides[j] = _Assembly(
-                n,
-                top_left,
-                geometry,
-                grid_index,
-                spill,
-                kept=np.zeros(n, dtype=bool),
+            except OSError as exc:
+                raise storage_error(exc, self.spill_dir) or exc from exc
+            os.close(fd)
+            spill = Path(name)
+        self.slides[j] = _Assembly(
+            TileLedger(self.jobs[j].key, n),
+            FeatureRows(n, spill, self.n_features),
+            np.asarray(top_left, dtype=np.int64).reshape(-1, 2),
+            geometry,
+            grid_index,
+        )
+        if len(self.slides[j].top_left) != n:
+            raise TileAccountingError(
+                f"{self.jobs[j].key}: the tile source has {n} tiles but "
+                f"{len(self.slides[j].top_left)} coordinates; no bag was written."
             )
-            for early in self.early.pop(j, []):
-                self._add(j, early)
-            self._maybe_finish(j)
-        else:
-            if j not in self.slides:
-                self.early.setdefault(j, []).append(item)
-                return
-            self._add(j, item)
-            self._maybe_finish(j)
+        for early in self.early.pop(j, []):
+            self._add(j, early)
 
     def _add(self, j: int, item: tuple[Any, ...]) -> None:
-        _, _, indices, features, consumed = item
+        _, _, kept, features, filtered = item
         slide = self.slides[j]
-        slide.received += consumed
-        if not len(indices):
+        slide.ledger.filtered_out(filtered)
+        if not len(kept):
             return
-        if slide.features is None:
-            shape = (slide.n_tiles, features.shape[1])
-            slide.features = (
-                np.lib.format.open_memmap(slide.spill, mode="w+", dtype=np.float32, shape=shape)
-                if slide.spill is not None
-                else np.empty(shape, dtype=np.float32)
-            )
-        slide.features[indices] = features
-        slide.kept[indices] = True
+        slide.ledger.delivered(kept)
+        try:
+            slide.rows.put(kept, features)
+        except OSError as exc:
+            needed = slide.ledger.n_tiles * np.asarray(features).shape[-1] * 4
+            raise storage_error(exc, self.spill_dir or ".", needed) or exc from exc
 
     def _maybe_finish(self, j: int) -> None:
         slide = self.slides[j]
-        if slide.received < slide.n_tiles:
+        if not slide.ledger.complete:
             return
-        keep = slide.kept
-        features = (
-            slide.features[keep]
-            if slide.features is not None
-            else np.zeros((0, 0), dtype=np.float32)
-        )
+        keep = slide.ledger.kept
         result = SlideResult(
             key=self.jobs[j].key,
-            features=np.ascontiguousarray(features, dtype=np.float32),
-            top_left=np.asarray(slide.top_left, dtype=np.int64)[keep],
+            features=slide.rows.take(keep),
+            top_left=slide.top_left[keep],
             geometry=slide.geometry,
-            kept=keep,
+            kept=keep.copy(),
             grid_index=None if slide.grid_index is None else slide.grid_index[keep],
         )
-        try:
-            self.sink.finish(result)
-        except Exception as exc:
-            self.sink.fail(self.jobs[j].key, describe_error(exc))
         self._release(j)
+        self.sink.finish(result)
 
     def _fail(self, j: int, reason: str) -> None:
-        self.sink.fail(self.jobs[j].key, reason)
         self.early.pop(j, None)
         if j in self.slides:
             self._release(j)
         self.done.add(j)
+        self.sink.fail(self.jobs[j].key, reason)
 
     def _release(self, j: int) -> None:
-        slide = self.slides.pop(j)
-        slide.features = None  # close the memmap before deleting its file
-        if slide.spill is not None:
-            slide.spill.unlink(missing_ok=True)
+        self.slides.pop(j).rows.close()
         self.done.add(j)
 
-    def unfinished(self) -> list[int]:
-        """Jobs that never completed (e.g. a worker died)."""
-        return [j for j in range(len(self.jobs)) if j not in self.done]
+    def unfinished(self) -> dict[int, str]:
+        """Jobs that never completed (e.g. a worker died), with what is known of why."""
+        out = {}
+        for j in range(len(self.jobs)):
+            if j in self.done:
+                continue
+            slide = self.slides.get(j)
+            if slide is None:
+                out[j] = "no tiles were produced (the slide could not be read)"
+            else:
+                missing = slide.ledger.missing()
+                out[j] = (
+                    f"{len(missing)} of {slide.ledger.n_tiles} tiles were never read "
+                    f"(first: {missing[:8].tolist()}); no bag was written"
+                )
+        return out
+
+    def close(self) -> None:
+        """Remove the spill files of slides still in flight."""
+        for j in list(self.slides):
+            self._release(j)
 
 
 # ------------------------------------------------------------------------------------------
@@ -360,14 +420,23 @@ def run(
         batch_size: Tiles per model call.
         num_workers: Tile-reading processes, or ``"auto"``; 0 reads in the main process.
         normalizer: A stain normalizer applied on the device before preprocessing.
-        spill_dir: Folder for the per-slide feature buffers (memory-mapped), else in memory.
+        spill_dir: Folder for the per-slide feature buffers (spill files), else in memory.
         queue_depth: Batches prefetched per worker, and results queued for the writer.
-        progress: Optional callback ``progress(job_key, n_tiles_done)`` after each batch.
+        progress: Optional callback ``progress(job_key, n_tiles)`` after each batch, with the
+            number of tiles it accounted for (kept or filtered out).
+
+    Raises:
+        ArgumentError: ``batch_size``, ``num_workers`` or ``queue_depth`` is out of range.
+        StorageError: The spill folder or the sink's output folder ran out of space (or is
+            read-only); the slide in flight is reported failed, nothing partial is left.
     """
+    batch_size = check_batch_size(batch_size)
+    num_workers = check_num_workers(num_workers)
+    queue_depth = positive_int("queue_depth", queue_depth)
     if not jobs:
         return
     device = extractor.device
-    workers = auto_workers(device) if num_workers == "auto" else int(num_workers)
+    workers = auto_workers(device) if num_workers == "auto" else num_workers
     workers = min(workers, max(1, len(jobs) * 1000))
     stream = TileStream(jobs, batch_size)
     loader = torch.utils.data.DataLoader(
@@ -385,6 +454,7 @@ def run(
         sink,
         Path(spill_dir) if spill_dir else None,
         depth=queue_depth * max(1, workers) + 2,
+        n_features=_declared_features(extractor),
     )
     writer.start()
     trim_heap = HeapTrimmer()
@@ -393,30 +463,44 @@ def run(
             if writer.error is not None:
                 break
             if item[0] == "batch":
-                _, j, indices, tiles, consumed = item
+                _, j, kept, tiles, filtered = item
                 features = None
-                if len(indices):
+                if len(kept):
                     batch = _to_device_batch(tiles, device, normalizer)
                     features = extractor.forward_batch(batch).cpu().numpy()
                     trim_heap()
-                writer.queue.put(("batch", j, indices, features, consumed))
+                writer.queue.put(("batch", j, kept, features, filtered))
                 if progress is not None:
-                    progress(jobs[j].key, len(indices))
+                    progress(jobs[j].key, len(kept) + len(filtered))
             else:
                 writer.queue.put(item)
-    except Exception as exc:
-        # A worker died (e.g. a library crash on a corrupt file): fail what is unfinished.
-        writer.queue.put(None)
-        writer.join()
-        for j in writer.unfinished():
-            sink.fail(jobs[j].key, f"extraction stopped: {describe_error(exc)}")
+    except BaseException as exc:
+        # A worker died (e.g. a library crash on a corrupt file), or the user interrupted.
+        _stop(writer, sink, f"extraction stopped: {describe_error(exc)}")
         raise
+    if writer.error is not None:
+        _stop(writer, sink, f"run stopped: {describe_error(writer.error)}")
+        raise writer.error
+    _stop(writer, sink, None)
+
+
+def _stop(writer: _Writer, sink: Sink, reason: str | None) -> None:
+    """Let the writer finish, fail every slide it did not finish, and remove spill files."""
     writer.queue.put(None)
     writer.join()
-    if writer.error is not None:
-        raise writer.error
-    for j in writer.unfinished():
-        sink.fail(jobs[j].key, "no tiles were produced (the slide could not be read)")
+    try:
+        for j, why in writer.unfinished().items():
+            sink.fail(writer.jobs[j].key, reason or why)
+    finally:
+        writer.close()
+
+
+def _declared_features(extractor: FeatureExtractor) -> int | None:
+    """The extractor's feature width if it declares one (it shapes slides without tiles)."""
+    try:
+        return int(extractor.num_features)
+    except HistobagError:
+        return None
 
 
 def _to_device_batch(tiles: torch.Tensor, device: torch.device, normalizer: Any) -> torch.Tensor:

@@ -121,6 +121,10 @@ class HistobagWarning(UserWarning):
     """Base class of the warnings histobag issues."""
 
 
+class LowDiskSpaceWarning(HistobagWarning):
+    """The output folder may not have room for the bags of a run."""
+
+
 class EmptyRunWarning(HistobagWarning):
     """A run had nothing to do or produced nothing: no slides, or no slide gave a bag."""
 
