@@ -9,7 +9,7 @@ import torch
 
 import histobag
 from histobag.analysis import DatasetFeatures
-from histobag.errors import ConfigError
+from histobag.errors import ConfigError, EmptyRunWarning
 from histobag.io.bags import TMP_PREFIX, BagWriter, read_bag
 from histobag.slide import WSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
@@ -163,9 +163,10 @@ def test_min_and_max_tiles(slides, extractor, tmp_path):
     assert all(n <= 10 for n in report.done.values())
     features, _, _ = read_bag(tmp_path / "max", "slide-0")
     assert features.shape == (report.done["slide-0"], 12)
-    report = ds.generate_feature_bags(
-        extractor, tmp_path / "min", min_tiles=10_000, progress=False, num_workers=0
-    )
+    with pytest.warns(EmptyRunWarning, match="No bag was written"):
+        report = ds.generate_feature_bags(
+            extractor, tmp_path / "min", min_tiles=10_000, progress=False, num_workers=0
+        )
     assert not report.done
     assert all("min_tiles=10000" in reason for reason in report.failed.values())
     assert not list((tmp_path / "min").glob("*.pt"))

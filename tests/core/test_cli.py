@@ -57,3 +57,41 @@ def test_version_console_script():
         check=True,
     )
     assert proc.stdout.strip() == f"histobag {histobag.__version__}"
+
+
+def test_verify_lists_damaged_bags_and_exits_1(tmp_path, capsys):
+    from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
+    from tests.core.toy_models import registered
+
+    slides = make_slides(tmp_path / "slides", n=2)
+    outdir = tmp_path / "bags"
+    with registered(PIXELNET):
+        extractor = histobag.build_feature_extractor("pixelnet", device="cpu")
+        dataset = histobag.Dataset(slides, tile_px=TILE_PX, tile_um=TILE_UM)
+        dataset.generate_feature_bags(extractor, outdir, progress=False, num_workers=0)
+    assert main(["verify", str(outdir)]) == 0
+    assert "2 verified, 0 damaged, 0 missing, 0 unrecorded" in capsys.readouterr().out
+
+    pt = outdir / "slide-1.pt"
+    raw = bytearray(pt.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # same size
+    pt.write_bytes(bytes(raw))
+    (outdir / "slide-0.pt").unlink()
+    assert main(["verify", str(outdir)]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED  slide-1: slide-1.pt has changed since it was written" in out
+    assert "DAMAGED  slide-0: slide-0.pt is missing" in out
+    assert "1 missing" not in out and "0 verified, 2 damaged" in out
+
+    assert main(["verify", str(outdir), "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["ok"] is False and sorted(found["damaged"]) == ["slide-0", "slide-1"]
+    assert found["verified"] == 0 and found["missing"] == {} and found["unrecorded"] == []
+
+
+def test_verify_without_a_manifest_is_a_clean_error(tmp_path, capsys):
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no bags_manifest.json" in err
+    assert main(["verify", str(tmp_path / "missing")]) == 2
+    assert "does not exist; give a bags folder" in capsys.readouterr().err

@@ -11,8 +11,14 @@ from safetensors.torch import save_file
 
 import histobag
 from histobag.bags_config import differences, make_config, rebuild_from_config
-from histobag.errors import ConfigError, ExtractorArgumentError, HistobagError, WeightsError
-from histobag.extractors.weights import WeightsNotFoundError, sha256sum
+from histobag.errors import (
+    ConfigError,
+    ExtractorArgumentError,
+    HistobagError,
+    WeightsError,
+    WeightsNotFoundError,
+)
+from histobag.extractors.weights import sha256sum
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, PixelNet, make_slides
 from tests.core.toy_models import registered, toy_spec
 from tests.helpers import perturb_
@@ -119,6 +125,27 @@ def test_rebuild_extractor_from_another_directory(tmp_path, monkeypatch, slides)
     assert rebuilt.dump_config() == fe.dump_config()
     tiles = _tiles()
     assert torch.equal(rebuilt(tiles), fe(tiles))
+
+
+def test_a_resume_with_moved_weights_records_their_new_place(tmp_path, slides):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = _save_weights(tmp_path / "old" / "w.safetensors", seed=3)
+    ds = histobag.Dataset(slides, tile_px=TILE_PX, tile_um=TILE_UM)
+    bags = tmp_path / "bags"
+    ds.generate_feature_bags(_build(old), bags, progress=False, num_workers=0)
+    created = json.loads((bags / "bags_config.json").read_text())["provenance"]["created"]
+    new = tmp_path / "new" / "w.safetensors"
+    shutil.move(old, new)
+
+    again = ds.generate_feature_bags(_build(new), bags, progress=False, num_workers=0)
+    assert set(again.skipped) == {"slide-0", "slide-1"}
+    config = json.loads((bags / "bags_config.json").read_text())
+    assert config["extractor"]["kwargs"]["weights"] == str(new.resolve())
+    assert config["provenance"]["weights_source"] == str(new.resolve())
+    assert config["provenance"]["created"] == created  # still the bags' own record
+    rebuilt, _ = histobag.rebuild_extractor(bags)  # no weights= needed any more
+    assert rebuilt.weights_sha256 == sha256sum(new)
 
 
 def test_moved_weights_say_so_and_weights_override_finds_them(tmp_path):

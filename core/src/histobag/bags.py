@@ -10,16 +10,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from histobag import integrity, validation
 from histobag.bags_config import (
     CONFIG_NAME,
     build_normalizer,
@@ -28,11 +31,23 @@ from histobag.bags_config import (
     read_config,
 )
 from histobag.engine import Job, SlideResult, run
-from histobag.errors import ConfigError, HistobagError
+from histobag.errors import (
+    ArgumentError,
+    ConfigError,
+    EmptyRunWarning,
+    HistobagError,
+    LowDiskSpaceWarning,
+    StorageError,
+)
+from histobag.files import storage_error
 from histobag.io.bags import BagWriter, get_writer, remove_stale_temporaries, write_json_atomic
 from histobag.naming import safe_name
+from histobag.space import short_of_space
 
 REPORT_NAME = "run_report.json"
+SOURCES = ("auto", "slides", "tfrecords")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +59,9 @@ class BagRunReport:
         done: Slides extracted in this run → number of tiles.
         skipped: Slides whose bag already existed with this configuration → number of tiles.
         failed: Slides that could not be extracted → reason.
+        redone: Slides whose existing bag did not match its record and was extracted again →
+            what differed (they are also in ``done``, or ``failed``).
+        warnings: Messages about the run as a whole (an empty dataset, no bag written).
         seconds: Wall time of the run.
     """
 
@@ -51,6 +69,8 @@ class BagRunReport:
     done: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    redone: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -67,18 +87,25 @@ class BagRunReport:
             slides[name] = {"status": "skipped", "tiles": n, "reason": "bag already complete"}
         for name, reason in self.failed.items():
             slides[name] = {"status": "failed", "reason": reason}
+        for name, why in self.redone.items():
+            if name in slides:
+                slides[name]["redone"] = why
         return {
             "outdir": str(self.outdir),
             "seconds": round(self.seconds, 3),
             "done": len(self.done),
             "skipped": len(self.skipped),
             "failed": len(self.failed),
+            "warnings": list(self.warnings),
             "slides": dict(sorted(slides.items())),
         }
 
     def summary(self) -> str:
         """A table of slides and their status."""
-        rows = [(n, "done", str(t), "") for n, t in self.done.items()]
+        rows = [
+            (n, "done", str(t), f"redone: {self.redone[n]}" if n in self.redone else "")
+            for n, t in self.done.items()
+        ]
         rows += [(n, "skipped", str(t), "already complete") for n, t in self.skipped.items()]
         rows += [(n, "FAILED", "-", r) for n, r in self.failed.items()]
         rows.sort()
@@ -117,21 +144,30 @@ class BagSink:
             )
             return
         self.writer.write(result.key, result.features, result.top_left, result.geometry)
+        # Hash the files just renamed into place (still in the page cache) and record them.
+        integrity.record_bags(self.writer.outdir, {result.key: (self.writer.files(result.key), n)})
         with self.lock:
             self.report.done[result.key] = n
-            self._save()
+            self.save()
         if self.on_slide:
             self.on_slide(result.key, "done", n)
 
     def fail(self, key: str, reason: str) -> None:
         with self.lock:
             self.report.failed[key] = reason
-            self._save()
+            self.save()
         if self.on_slide:
             self.on_slide(key, "failed", reason)
 
-    def _save(self) -> None:
-        write_json_atomic(self.report.outdir / REPORT_NAME, self.report.to_dict())
+    def save(self) -> None:
+        """Write ``run_report.json`` now; a full disk is logged, not raised."""
+        # The report is kept current for people watching a long run; a full disk must not turn
+        # a finished bag into a failure, nor hide the error that stops the run. The report is
+        # saved again when the run ends.
+        try:
+            write_json_atomic(self.report.outdir / REPORT_NAME, self.report.to_dict())
+        except StorageError as exc:
+            logger.warning("Could not update %s: %s", REPORT_NAME, exc)
 
 
 def resolve_extractor(extractor: Any, tile_px: int) -> Any:
@@ -176,7 +212,15 @@ def prepare_bags_folder(
                 for path in old_writer.files(slide):
                     path.unlink(missing_ok=True)
             (outdir / "run_report.json").unlink(missing_ok=True)
+            integrity.remove_manifest(outdir)
         if not diff:
+            if old["extractor"] != config["extractor"]:
+                # The same weights (same sha256) now live at another path: record where.
+                old["extractor"] = config["extractor"]
+                old.setdefault("provenance", {})["weights_source"] = config["provenance"].get(
+                    "weights_source"
+                )
+                write_json_atomic(existing, old)
             return  # keep the original creation time and versions
     write_json_atomic(existing, config)
 
@@ -231,6 +275,7 @@ def generate_feature_bags(
     overwrite: bool = False,
     source: str = "auto",
     progress: bool = True,
+    verify: bool = False,
 ) -> BagRunReport:
     """Write one feature bag per slide of ``dataset`` into ``outdir``.
 
@@ -241,23 +286,42 @@ def generate_feature_bags(
         normalizer: A stain normalizer name (``"macenko"``...) or object, applied on the device.
         writer: ``"pt"`` (slideflow), ``"h5"`` (CLAM/TRIDENT), ``"safetensors"``, or a writer
             registered by a pack.
-        batch_size: Tiles per model call.
-        num_workers: Tile-reading processes, or ``"auto"``.
+        batch_size: Tiles per model call: an integer >= 1.
+        num_workers: Tile-reading processes (an integer from 0 to 1024), or ``"auto"``.
         min_tiles: Slides with fewer tiles get no bag and are reported.
         max_tiles: If > 0, at most this many tiles per slide, evenly spaced over the slide.
         overwrite: Replace bags made with a different configuration instead of refusing.
         source: ``"slides"`` tiles slides on the fly, ``"tfrecords"`` reads the dataset's
             TFRecords, ``"auto"`` prefers slides and falls back to TFRecords.
         progress: Show progress bars.
+        verify: Before skipping a finished bag, re-hash its files and redo it if they changed
+            since they were written. Without it a finished bag is redone only when its files'
+            sizes differ from ``bags_manifest.json`` (a ``stat``, no reading), or when the
+            folder has a manifest that does not record it. See :mod:`histobag.integrity`.
 
     Returns:
-        A :class:`BagRunReport`; also written as ``run_report.json`` in ``outdir``.
+        A :class:`BagRunReport`; also written as ``run_report.json`` in ``outdir``. When no
+        slide gives a bag (an empty dataset, or every slide failed) an
+        :class:`~histobag.errors.EmptyRunWarning` is issued and recorded in its ``warnings``.
 
     Raises:
+        ArgumentError: An argument is out of range or ``outdir`` is a file or lies under one
+            (checked before anything is built or read; see :mod:`histobag.validation`).
+        StorageError: ``outdir`` cannot be written (read-only, no permission, no space).
         ConfigError: ``outdir`` holds bags of another configuration and ``overwrite`` is False.
     """
     start = time.perf_counter()
-    outdir = Path(outdir)
+    outdir = validation.check_output_dir(outdir)
+    batch_size = validation.check_batch_size(batch_size)
+    num_workers = validation.check_num_workers(num_workers)
+    min_tiles = validation.non_negative_int("min_tiles", min_tiles)
+    max_tiles = validation.non_negative_int("max_tiles", max_tiles)
+    validation.check_choice("source", source, SOURCES)
+    if not isinstance(writer, str):
+        raise ArgumentError(f"writer must be a bag writer's name, got {writer!r}.")
+    if getattr(dataset, "tile_px", None) is None or getattr(dataset, "tile_um", None) is None:
+        raise ConfigError("This dataset has no tile size; pass tile_px= and tile_um=.")
+    validation.check_tile_size(dataset.tile_px, dataset.tile_um)
     extractor = resolve_extractor(extractor, dataset.tile_px)
     normalizer = resolve_normalizer(normalizer)
     bag_writer = get_writer(writer, outdir)
@@ -269,20 +333,24 @@ def generate_feature_bags(
         writer=writer,
         coordinates=bag_writer.coordinates,
     )
-    prepare_bags_folder(outdir, config, bag_writer, overwrite)
+    try:
+        prepare_bags_folder(outdir, config, bag_writer, overwrite)
+        report = BagRunReport(outdir)
+        write_json_atomic(outdir / REPORT_NAME, report.to_dict())
+    except OSError as exc:
+        error = storage_error(exc, outdir)
+        if error is None:
+            raise
+        raise error from exc
 
-    report = BagRunReport(outdir)
-    jobs = []
-    for key, job in slide_jobs(dataset, source, max_tiles):
-        if bag_writer.is_complete(key, extractor.num_features):
-            report.skipped[key] = len(bag_writer.read(key)[0])
-        elif isinstance(job, str):
-            report.failed[key] = job
-        else:
-            jobs.append(job)
+    all_jobs = slide_jobs(dataset, source, max_tiles)
+    jobs = plan_resume(bag_writer, all_jobs, report, extractor.num_features, rehash=verify)
+    low_space = short_of_space(outdir, jobs, extractor.num_features)
+    if low_space:
+        report.warnings.append(low_space)
+        _warn_caller(low_space, LowDiskSpaceWarning)
     bars = _Progress(len(jobs), progress)
     sink = BagSink(bag_writer, report, min_tiles, on_slide=bars.slide)
-    write_json_atomic(outdir / REPORT_NAME, report.to_dict())
     try:
         run(
             extractor,
@@ -294,19 +362,98 @@ def generate_feature_bags(
             spill_dir=outdir,
             progress=bars.tile,
         )
+        if not report.done and not report.skipped:
+            message = _empty_run_message(all_jobs, report)
+            report.warnings.append(message)
+            _warn_caller(message, EmptyRunWarning)
+    except BaseException:
+        report.seconds = time.perf_counter() - start
+        sink.save()  # best effort: the error that stopped the run is what the user must see
+        raise
     finally:
         bars.close()
-        report.seconds = time.perf_counter() - start
-        write_json_atomic(outdir / REPORT_NAME, report.to_dict())
+    report.seconds = time.perf_counter() - start
+    write_json_atomic(outdir / REPORT_NAME, report.to_dict())
     return report
+
+
+def plan_resume(
+    bag_writer: BagWriter,
+    jobs: list[tuple[str, Job | str]],
+    report: BagRunReport,
+    num_features: int | None,
+    *,
+    rehash: bool = False,
+) -> list[Job]:
+    """Decide, per slide, whether its finished bag is kept (``report.skipped``), the slide
+    cannot be run (``report.failed``), or it is to be extracted (returned).
+
+    A finished bag is kept when it reads back whole and, if the folder has a
+    ``bags_manifest.json``, its files' sizes (and with ``rehash`` their sha256) match their
+    record; a bag that does not match is deleted and redone (``report.redone``), one with no
+    record is redone in place. In a folder without a manifest (bags from an older histobag)
+    finished bags are kept as before and recorded as they are now.
+    """
+    outdir = bag_writer.outdir
+    manifest = integrity.read_manifest(outdir)
+    adopt: dict[str, tuple[list[Path], int]] = {}
+    runnable: list[Job] = []
+    for key, job in jobs:
+        files = bag_writer.files(key)
+        complete = bag_writer.is_complete(key, num_features)
+        problem = None
+        if manifest is not None and complete:
+            problem = integrity.bag_problem(outdir, manifest.get(key), files, rehash=rehash)
+        elif manifest is not None and key in manifest and any(p.exists() for p in files):
+            problem = "it no longer reads back whole (a file is missing or unreadable)"
+        if problem is not None:
+            complete = False
+            report.redone[key] = problem
+            logger.warning("Redoing the bag of %s: %s", key, problem)
+            if manifest is not None and key in manifest:
+                for path in files:  # not what was written: a bag exists only when whole
+                    path.unlink(missing_ok=True)
+        if complete:
+            tiles = len(bag_writer.read(key)[0])
+            report.skipped[key] = tiles
+            if manifest is None:
+                adopt[key] = (files, tiles)
+        elif isinstance(job, str):
+            report.failed[key] = job
+        else:
+            runnable.append(job)
+    integrity.record_bags(outdir, adopt, adopted=True)
+    return runnable
+
+
+def _warn_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first caller outside histobag (the user's line)."""
+    package = str(Path(__file__).parent) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _empty_run_message(jobs: list[tuple[str, Job | str]], report: BagRunReport) -> str:
+    if not jobs:
+        return (
+            f"The dataset has no slides, so no bag was written to {report.outdir}. Check the "
+            "slide folder (searched recursively for slide files: .svs, .tif, .ndpi, .mrxs...), "
+            "that the annotations' 'slide' column names the slide files (without suffix), "
+            "and the filters."
+        )
+    return (
+        f"No bag was written to {report.outdir}: all {len(report.failed)} slides failed (see "
+        f"{report.outdir / REPORT_NAME})."
+    )
 
 
 def slide_jobs(dataset: Any, source: str, max_tiles: int) -> list[tuple[str, Job | str]]:
     """(bag name, job or failure reason) for every slide of the dataset."""
     from histobag.sources import OpenTFRecord, OpenWSI
 
-    if source not in ("auto", "slides", "tfrecords"):
-        raise HistobagError(f"source must be 'auto', 'slides' or 'tfrecords', not {source!r}")
+    validation.check_choice("source", source, SOURCES)
     slide_paths = {Path(p).stem: Path(p) for p in dataset.slide_paths()}
     tfrecords = {Path(p).stem: Path(p) for p in dataset.tfrecords()} if source != "slides" else {}
     names = sorted(set(dataset.slides()) | (set(tfrecords) if source == "tfrecords" else set()))

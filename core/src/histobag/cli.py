@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from histobag import __version__
-from histobag.errors import HistobagError
+from histobag import __version__, validation
+from histobag.errors import ArgumentError, HistobagError
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -118,14 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", help="bags folder (default with --project: <project>/bags/...)")
     p.add_argument("--writer", default="pt", help="pt | h5 | safetensors | a pack's writer")
     p.add_argument("--normalizer", help="stain normalizer: macenko | reinhard | vahadane")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", default="auto", help="tile-reading processes, or auto")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
+    p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
     p.add_argument("--min-tiles", type=int, default=0)
     p.add_argument("--max-tiles", type=int, default=0)
     p.add_argument("--source", default="auto", choices=("auto", "slides", "tfrecords"))
     p.add_argument("--overwrite", action="store_true", help="replace bags of another config")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash finished bags before skipping them; redo those that changed",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when no bag results (an empty dataset)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "verify", help="re-hash a bags folder's bags; list damaged, missing, unrecorded ones"
+    )
+    p.add_argument("outdir", help="bags folder (with bags_manifest.json)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="sample slides -> feature bags, on any machine")
     p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
@@ -138,60 +155,103 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_tile_um(value: str) -> float | str:
-    """Microns as a number, or a magnification such as ``"20x"`` as it is."""
-    try:
-        return float(value)
-    except ValueError:
-        return value
+def _check_extract_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every option of ``extract`` before anything is built or read.
+
+    Returns:
+        The checked values: ``tile_um`` (a number or ``"20x"``), ``num_workers``.
+
+    Raises:
+        ArgumentError: An option is out of range, ``--slides`` is a file, or ``--outdir`` is a
+            file or lies under one.
+        StorageError: ``--outdir`` is not writable.
+    """
+    _, tile_um = validation.check_tile_size(
+        args.tile_px, args.tile_um, names=("--tile-px", "--tile-um")
+    )
+    validation.check_batch_size(args.batch_size, name="--batch-size")
+    workers = validation.check_num_workers(args.workers, name="--workers")
+    validation.non_negative_int("--min-tiles", args.min_tiles)
+    validation.non_negative_int("--max-tiles", args.max_tiles)
+    if args.slides is not None:
+        validation.check_slide_folder(args.slides, name="--slides")
+        if not args.outdir:
+            raise ArgumentError("--outdir is required with --slides.")
+    if args.outdir:
+        validation.check_output_dir(args.outdir, name="--outdir")
+    return {"tile_um": tile_um, "num_workers": workers}
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    """Extract feature bags; exit 1 if any slide failed (after finishing the others)."""
+    """Extract feature bags.
+
+    Exit status: 0 when every slide has a bag; 1 when a slide failed (after finishing the
+    others), or with ``--strict`` when no bag results at all; 2 for bad options.
+    """
+    checked = _check_extract_args(args)
     from histobag.bags import generate_feature_bags
     from histobag.dataset import Dataset
+    from histobag.errors import EmptyRunWarning
     from histobag.extractors.registry import build_feature_extractor, extractor_info
 
-    tile_um = _parse_tile_um(args.tile_um)
+    if args.project:
+        from histobag.project import Project
+
+        project = Project(args.project)
+        dataset = project.dataset(args.tile_px, checked["tile_um"])
+    else:
+        dataset = Dataset(args.slides, args.annotations, args.tile_px, checked["tile_um"])
     kwargs = (
         {"tile_px": args.tile_px}
         if "tile_px" in extractor_info(args.extractor).required_kwargs
         else {}
     )
     extractor = build_feature_extractor(args.extractor, weights=args.weights, **kwargs)
-    workers = args.workers if args.workers == "auto" else int(args.workers)
     options = dict(
         normalizer=args.normalizer,
         writer=args.writer,
         batch_size=args.batch_size,
-        num_workers=workers,
+        num_workers=checked["num_workers"],
         min_tiles=args.min_tiles,
         max_tiles=args.max_tiles,
         overwrite=args.overwrite,
         source=args.source,
         progress=not args.no_progress,
+        verify=args.verify,
     )
-    if args.project:
-        from histobag.project import Project
-
-        project = Project(args.project)
-        dataset = project.dataset(args.tile_px, tile_um)
-        report = project.generate_feature_bags(
-            extractor, dataset, outdir=args.outdir or "auto", **options
-        )
-    else:
-        if not args.outdir:
-            raise HistobagError("--outdir is required with --slides")
-        dataset = Dataset(args.slides, args.annotations, args.tile_px, tile_um)
-        report = generate_feature_bags(extractor, dataset, args.outdir, **options)
+    with warnings.catch_warnings():  # printed below as "warning: ...", once
+        warnings.simplefilter("ignore", EmptyRunWarning)
+        if args.project:
+            report = project.generate_feature_bags(
+                extractor, dataset, outdir=args.outdir or "auto", **options
+            )
+        else:
+            report = generate_feature_bags(extractor, dataset, args.outdir, **options)
     print(report.summary())
+    for message in report.warnings:
+        print(f"warning: {message}", file=sys.stderr)
     if report.failed:
         print(
             f"{len(report.failed)} slide(s) failed; see {report.outdir / 'run_report.json'}",
             file=sys.stderr,
         )
         return 1
+    if args.strict and not (report.done or report.skipped):
+        print("--strict: exit status 1, as no bag resulted from this run.", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash a bags folder's bags; exit 1 when any is damaged, missing or unrecorded."""
+    from histobag.integrity import verify_bags
+
+    report = verify_bags(args.outdir)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

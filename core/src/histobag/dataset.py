@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from histobag import validation
 from histobag.errors import ConfigError
 from histobag.naming import safe_name
 
@@ -47,9 +48,7 @@ def find_slides(slides: str | Path | Iterable[str | Path]) -> dict[str, Path]:
         ConfigError: The folder is missing, or two files share a name.
     """
     if isinstance(slides, str | Path):
-        folder = Path(slides)
-        if not folder.is_dir():
-            raise ConfigError(f"Slide folder {folder} does not exist. Check slides=.")
+        folder = validation.check_slide_folder(slides, name="slides=", error=ConfigError)
         paths = sorted(
             p for p in folder.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file()
         )
@@ -77,7 +76,8 @@ def _load_annotations(annotations: str | Path | pd.DataFrame) -> pd.DataFrame:
     else:
         path = Path(annotations)
         if not path.is_file():
-            raise ConfigError(f"Annotations file {path} does not exist. Check annotations=.")
+            what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"Annotations file {path} {what}. Check annotations=.")
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -142,6 +142,12 @@ class Dataset:
         tfrecords: Folder of ``<slide>.tfrecords`` files for this tile size.
         roi: Folder of ROI files ``<slide>.geojson`` / ``.json`` / ``.csv``.
 
+    Raises:
+        TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
+            :mod:`histobag.validation`: 8 to 16384 px; a positive number of µm or ``"20x"``).
+        ConfigError: ``slides`` is a file or a missing folder, the annotations cannot be read,
+            or slide names clash.
+
     Example:
         >>> ds = Dataset("slides/", "annotations.csv", 256, "20x",  # doctest: +SKIP
         ...              filters={"site": ["A", "B"]}, tfrecords="tfrecords/256px_20x")
@@ -160,10 +166,15 @@ class Dataset:
         tfrecords: str | Path | None = None,
         roi: str | Path | None = None,
     ) -> None:
-        if tile_px is not None and tile_um is not None:
-            from histobag.slide.magnification import tile_microns
+        if tile_px is not None or tile_um is not None:  # validate early
+            from histobag.slide.errors import TileSettingsError
 
-            tile_microns(tile_px, tile_um)  # validate early
+            if tile_px is not None:
+                tile_px = validation.check_tile_px(tile_px, error=TileSettingsError)
+            if tile_um is not None:  # "128" (as typed on a command line) becomes 128.0
+                tile_um = validation.check_tile_um(tile_um, error=TileSettingsError)
+            if tile_px is not None and tile_um is not None:
+                validation.check_tile_size(tile_px, tile_um, error=TileSettingsError)
         self.tile_px = tile_px
         self.tile_um = tile_um
         self._slide_files = find_slides(slides) if slides is not None else None
@@ -174,7 +185,8 @@ class Dataset:
         self.tfrecords_dir = Path(tfrecords) if tfrecords is not None else None
         self.roi_dir = Path(roi) if roi is not None else None
         if self.roi_dir is not None and not self.roi_dir.is_dir():
-            raise ConfigError(f"ROI folder {self.roi_dir} does not exist. Check roi=.")
+            what = "is a file, not a folder" if self.roi_dir.is_file() else "does not exist"
+            raise ConfigError(f"ROI folder {self.roi_dir} {what}. Check roi=.")
         self._check_names()
 
     def _add_filters(

@@ -21,9 +21,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from histobag import validation
 from histobag.dataset import Dataset, Filters
 from histobag.errors import ConfigError
 from histobag.naming import safe_name
+from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, format_tile_um
 
 if TYPE_CHECKING:
@@ -193,7 +195,12 @@ class Project:
         """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
 
         Its TFRecord folder is :meth:`tfrecords_dir` for this tile size.
+
+        Raises:
+            TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
+                :mod:`histobag.validation`).
         """
+        tile_px, tile_um = validation.check_tile_size(tile_px, tile_um, error=TileSettingsError)
         return Dataset(
             self.slides,
             self.annotations,
@@ -220,12 +227,18 @@ class Project:
             outdir: Bags folder; ``"auto"`` is ``<root>/bags/<extractor>_<px>px_<um>``
                 (plus the normalizer's name if one is used).
             **kwargs: ``normalizer``, ``writer``, ``batch_size``, ``num_workers``,
-                ``min_tiles``, ``max_tiles``, ``overwrite``, ``source``, ``progress``.
+                ``min_tiles``, ``max_tiles``, ``overwrite``, ``source``, ``progress``,
+                ``verify`` (see :func:`histobag.bags.generate_feature_bags`).
+
+        Raises:
+            ConfigError: No dataset, or one without a tile size.
+            ArgumentError: An argument is out of range (checked before any work starts).
         """
-        if dataset is None:
+        if not hasattr(dataset, "generate_feature_bags"):
             raise ConfigError(
                 "generate_feature_bags needs a dataset at one tile size, e.g. "
-                "P.generate_feature_bags(extractor, P.dataset(tile_px=224, tile_um=112))."
+                "P.generate_feature_bags(extractor, P.dataset(tile_px=224, tile_um=112)), got "
+                f"{type(dataset).__name__}."
             )
         if outdir == "auto":
             from histobag.models import is_saved_model

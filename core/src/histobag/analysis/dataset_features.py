@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histobag import validation
 from histobag.bags import (
     BagRunReport,
     BagSink,
@@ -48,8 +49,8 @@ class DatasetFeatures:
             ``(labels, unique)`` as returned by ``dataset.labels(outcome)``.
         normalizer: Stain normalizer name or object (default: the one recorded in a saved
             model, else none).
-        batch_size: Tiles per model call.
-        num_workers: Tile-reading processes, or ``"auto"``.
+        batch_size: Tiles per model call: an integer >= 1.
+        num_workers: Tile-reading processes (an integer from 0 to 1024), or ``"auto"``.
         max_tiles: If > 0, at most this many tiles per slide (evenly spaced).
         layers: Layer(s) of a saved model (or of a registered model accepting ``layers=``).
         include_logits: Keep a saved model's logits (default: True for saved models).
@@ -84,6 +85,9 @@ class DatasetFeatures:
         )
         from histobag.models import is_saved_model
 
+        batch_size = validation.check_batch_size(batch_size)
+        num_workers = validation.check_num_workers(num_workers)
+        max_tiles = validation.non_negative_int("max_tiles", max_tiles)
         if isinstance(extractor, (str, os.PathLike)) and is_saved_model(extractor):
             extractor = load_model_extractor(
                 extractor,
@@ -401,7 +405,7 @@ class DatasetFeatures:
             raise HistobagError(
                 f"These features were read from bags; they are already on disk in {self.bags_dir}."
             )
-        outdir = Path(outdir)
+        outdir = validation.check_output_dir(outdir)
         bag_writer = get_writer(writer, outdir)
         config = make_config(
             self.extractor,

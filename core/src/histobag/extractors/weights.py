@@ -8,7 +8,6 @@ or ``torch.load(weights_only=True)``: nothing untrusted is unpickled (DESIGN pri
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import pickle
 import socket
@@ -28,6 +27,7 @@ from histobag.errors import (
     WeightsError,
     WeightsNotFoundError,
 )
+from histobag.files import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -53,13 +53,8 @@ class HubFile:
         return f"https://huggingface.co/{self.repo}"
 
 
-def sha256sum(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks so large checkpoints need little memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: Hex sha256 of a checkpoint file (the name packs call).
+sha256sum = sha256_file
 
 
 @functools.cache

@@ -11,11 +11,14 @@ Writers registered by core (through the bag-writer hook, like any pack's):
   and the same metadata as strings.
 
 Every file is written under a temporary name in the same folder and renamed when complete, so a
-bag exists only when it is whole (DESIGN principle 5).
+bag exists only when it is whole (DESIGN principle 5). A write that fails for lack of space (or
+on a read-only folder) raises :class:`~histobag.errors.StorageError` naming the folder and the
+space needed, and leaves no temporary file behind.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -29,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histobag.errors import ConfigError, HistobagError
+from histobag.files import storage_error
 
 #: Prefix of temporary files; never a bag, removed when a run starts.
 TMP_PREFIX = ".histobag-tmp-"
@@ -68,23 +72,23 @@ def top_left_to_centres(top_left: np.ndarray, extent_px: int) -> np.ndarray:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+def atomic_path(final: Path, needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds.
+
+    Args:
+        final: The file to create or replace.
+        needed_bytes: About how large the file will be, for the message of a
+            :class:`~histobag.errors.StorageError` if the folder cannot take it.
+    """
+    with _atomic_many([final], needed_bytes) as (tmp_path,):
         yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON under a temporary name and rename it into place."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    with atomic_path(path, len(text)) as tmp:
+        tmp.write_text(text)
 
 
 def remove_stale_temporaries(folder: Path) -> int:
@@ -145,7 +149,9 @@ class BagWriter(ABC):
             else top_left
         )
         finals = self.files(slide)
-        with _atomic_many(finals) as tmps:
+        # The serialised bag is about the arrays' size; the slack covers headers and zip entries.
+        needed = features.nbytes + coords.nbytes + 64 * 1024
+        with _atomic_many(finals, needed) as tmps:
             self._write(slide, features, coords, geometry, tmps)
         return finals
 
@@ -171,22 +177,32 @@ class BagWriter(ABC):
 
 
 @contextmanager
-def _atomic_many(finals: list[Path]) -> Iterator[list[Path]]:
-    """Temporary paths for several files, renamed in order (the last one marks completion)."""
-    for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    tmps = []
+def _atomic_many(finals: list[Path], needed_bytes: int | None = None) -> Iterator[list[Path]]:
+    """Temporary paths for several files, renamed in order (the last one marks completion).
+
+    Any failure removes the temporaries; one that amounts to a full disk, a read-only folder
+    or a permission problem is raised as :class:`~histobag.errors.StorageError`.
+    """
+    tmps: list[Path] = []
     try:
-        for final in finals:
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
-            os.close(fd)
-            tmps.append(Path(tmp))
-        yield tmps
-        for tmp, final in zip(tmps, finals):
-            os.replace(tmp, final)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+        try:
+            for final in finals:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+                os.close(fd)
+                tmps.append(Path(tmp))
+            yield tmps
+            for tmp, final in zip(tmps, finals):
+                os.replace(tmp, final)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        # Checked after the temporaries are gone, so the free space is what it was before.
+        error = storage_error(exc, finals[0].parent, needed_bytes)
+        if error is None or error is exc:
+            raise
+        raise error from exc
 
 
 class PtBagWriter(BagWriter):
@@ -205,7 +221,11 @@ class PtBagWriter(BagWriter):
         index_tmp, pt_tmp = tmp_paths
         with open(index_tmp, "wb") as handle:  # np.savez would append .npz to a bare path
             np.savez(handle, arr_0=coords)
-        torch.save(torch.from_numpy(np.ascontiguousarray(features)), pt_tmp)
+        # Serialised in memory and written with a plain write: torch's zip writer reports a
+        # full disk as "unexpected pos", a plain write as OSError(ENOSPC).
+        buffer = io.BytesIO()
+        torch.save(torch.from_numpy(np.ascontiguousarray(features)), buffer)
+        pt_tmp.write_bytes(buffer.getbuffer())
 
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and tile centres."""
@@ -269,15 +289,16 @@ class SafetensorsBagWriter(BagWriter):
         return [self.outdir / f"{slide}.safetensors"]
 
     def _write(self, slide, features, coords, geometry, tmp_paths) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         metadata = {k: json.dumps(v) for k, v in geometry.to_dict().items()}
         metadata["coordinates"] = "top_left"
-        save_file(
-            {"features": np.ascontiguousarray(features), "coords": np.ascontiguousarray(coords)},
-            str(tmp_paths[0]),
-            metadata=metadata,
-        )
+        tensors = {
+            "features": np.ascontiguousarray(features),
+            "coords": np.ascontiguousarray(coords),
+        }
+        # In memory, then a plain write: the Rust writer's I/O errors carry no errno.
+        tmp_paths[0].write_bytes(save(tensors, metadata=metadata))
 
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and top-left coordinates."""
@@ -315,12 +336,19 @@ def read_bag(
     return np.asarray(features), np.asarray(coords), w.coordinates
 
 
-def rebuild_extractor(path: str | os.PathLike[str]) -> tuple[Any, Any]:
+def rebuild_extractor(
+    path: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None
+) -> tuple[Any, Any]:
     """Rebuild (extractor, normalizer) from a bags folder or its ``bags_config.json``.
 
     Only registered extractor and normalizer names are built; nothing written in the file is
     ever imported. A tampered or unknown configuration raises :class:`ConfigError`.
+
+    Args:
+        path: A bags folder, or its ``bags_config.json``.
+        weights: The recorded weights file's new location if it moved (or a local copy of
+            downloaded weights); its sha256 must equal the recorded one.
     """
     from histobag.bags_config import rebuild_from_config
 
-    return rebuild_from_config(path)
+    return rebuild_from_config(path, weights=weights)

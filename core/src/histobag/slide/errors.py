@@ -6,13 +6,16 @@ that catches either keeps working.
 
 from __future__ import annotations
 
-from histobag.errors import HistobagError, SlideError
+from histobag.errors import ArgumentError, SlideError
 
 __all__ = ["ROIError", "TileSettingsError"]
 
 
-class TileSettingsError(HistobagError, ValueError):
-    """Tiling settings are invalid (tile_px, tile_um, stride_div, roi_method, ...)."""
+class TileSettingsError(ArgumentError):
+    """Tiling settings are invalid (tile_px, tile_um, stride_div, roi_method, ...).
+
+    An :class:`~histobag.errors.ArgumentError`, so also a ``HistobagError`` and a ``ValueError``.
+    """
 
 
 class ROIError(SlideError, ValueError):

@@ -16,6 +16,7 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from histobag import validation
 from histobag.errors import MissingMPPError, SlideOpenError, SlideReadError
 from histobag.naming import safe_name
 from histobag.slide import tissue as _tissue
@@ -28,8 +29,9 @@ from histobag.slide.tiff_tiles import TiledTiffLevels
 __all__ = ["MASK_MAX_SIDE", "MASK_MPP", "MPP_RANGE", "RESIZE_FILTER", "WSI", "rgba_to_rgb"]
 
 #: Plausible level-0 microns per pixel. Values outside usually come from a TIFF's default
-#: 72-dpi resolution tag (352.8 µm/px) rather than from a scanner, so they count as missing.
-MPP_RANGE = (0.01, 100.0)
+#: 72-dpi resolution tag (352.8 µm/px) rather than from a scanner, so they count as missing
+#: (and an ``mpp=`` given outside it is refused).
+MPP_RANGE = validation.MPP_RANGE
 
 #: Pillow filter used to resize a region read from a pyramid level to ``tile_px``.
 RESIZE_FILTER = Image.Resampling.LANCZOS
@@ -155,6 +157,21 @@ class WSI:
         self.path = Path(path)
         self.name = self.path.stem
         self.tile_microns = tile_microns(tile_px, tile_um)
+        validation.check_tile_size(tile_px, tile_um, error=TileSettingsError)
+        for name, value in [
+            ("tissue_fraction", tissue_fraction),
+            ("grayspace_fraction", grayspace_fraction),
+            ("grayspace_threshold", grayspace_threshold),
+            ("whitespace_fraction", whitespace_fraction),
+        ]:
+            validation.check_fraction(name, value, error=TileSettingsError)
+        if not isinstance(whitespace_threshold, numbers.Real) or not (
+            0 <= whitespace_threshold <= 255
+        ):
+            raise TileSettingsError(
+                f"whitespace_threshold must be a brightness from 0 to 255, got "
+                f"{whitespace_threshold!r}."
+            )
         self.tile_px = int(tile_px)
         self.tile_um = tile_um
         self.grayspace_fraction = grayspace_fraction
@@ -207,9 +224,7 @@ class WSI:
 
     def _resolve_mpp(self, mpp: float | None) -> float:
         if mpp is not None:
-            if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not mpp > 0:
-                raise TileSettingsError(f"mpp must be a positive number, got {mpp!r}.")
-            return float(mpp)
+            return validation.check_mpp(mpp, error=TileSettingsError)
         raw = self.properties.get(openslide.PROPERTY_NAME_MPP_X)
         try:
             value = float(raw) if raw is not None else math.nan
