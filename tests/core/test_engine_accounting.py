@@ -14,12 +14,15 @@ import pytest
 
 import histobag
 from histobag.assembly import FeatureRows, TileLedger
+from histobag.bags import generate_feature_bags
 from histobag.data import sample_slide
+from histobag.dataset import Dataset
 from histobag.engine import CollectSink, Job, run
 from histobag.errors import ArgumentError, TileAccountingError
 from histobag.io.bags import TileGeometry
+from histobag.io.tfrecord import TFRecordReader
 from histobag.slide import WSI
-from tests.core.bag_helpers import PIXELNET
+from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
 
 
@@ -170,3 +173,24 @@ def test_a_model_that_returns_too_few_rows_fails_the_slide(extractor):
     run(RowDroppingModel(extractor), [Job("s", OpenGood())], sink, batch_size=4, num_workers=0)
     assert "4 tiles but features of shape (3, 12)" in sink.failures["s"]
     assert not sink.results
+
+
+def test_a_truncated_tfrecord_fails_its_slide_in_a_bag_run(extractor, tmp_path):
+    """The issue's case: a TFRecord cut at a record boundary beside its index was reported
+    "done" with 10 of 43 tiles. Now the slide fails naming the file; the others are whole."""
+    slides = make_slides(tmp_path / "slides", n=2)
+    dataset = Dataset(slides, None, TILE_PX, TILE_UM, tfrecords=tmp_path / "tfr")
+    dataset.extract_tiles(progress=False)
+    cut = tmp_path / "tfr" / "slide-1.tfrecords"
+    offsets = TFRecordReader(cut).offsets
+    assert len(offsets) > 10
+    with open(cut, "r+b") as handle:
+        handle.truncate(int(offsets[10, 0]))  # exactly at a record boundary
+    report = generate_feature_bags(
+        extractor, dataset, tmp_path / "bags", source="tfrecords", progress=False
+    )
+    assert set(report.failed) == {"slide-1"}
+    assert "slide-1.tfrecords" in report.failed["slide-1"]
+    assert "truncated" in report.failed["slide-1"]
+    assert report.done["slide-0"] == len(TFRecordReader(tmp_path / "tfr" / "slide-0.tfrecords"))
+    assert not (tmp_path / "bags" / "slide-1.pt").exists()
