@@ -31,11 +31,11 @@ class PixelNet(torch.nn.Module):
     """A deterministic little network. The environment variable PIXELNET_DELAY (seconds per
     batch) slows it down on purpose, without changing its configuration."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 12) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 12, 3)
-        self.fc = torch.nn.Linear(12, 12)
+        self.conv = torch.nn.Conv2d(3, width, 3)
+        self.fc = torch.nn.Linear(width, width)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)

@@ -25,30 +25,15 @@ from histobag.errors import LowDiskSpaceWarning, StorageError
 from histobag.io.bags import TMP_PREFIX, TileGeometry, get_writer, write_json_atomic
 from histobag.slide import WSI
 from histobag.space import estimate_bag_bytes
-from tests.core.bag_helpers import TILE_PX, TILE_UM, make_slides
+from tests.core.bag_helpers import TILE_PX, TILE_UM, PixelNet, make_slides
 from tests.core.toy_models import registered
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WIDTH = 256  # wide features, so bags and spill files are big enough to fill a small disk
 
 
-class WideNet(torch.nn.Module):
-    """A deterministic network with wide features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(1)
-        self.proj = torch.nn.Linear(3, WIDTH)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.mean(dim=(2, 3)))
-
-
 def build_wide(spec: ExtractorSpec) -> torch.nn.Module:
-    return WideNet()
+    return PixelNet(WIDTH)
 
 
 WIDE = ExtractorSpec(
