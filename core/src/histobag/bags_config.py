@@ -17,10 +17,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from histobag._version import __version__
 from histobag.errors import (
     ConfigError,
     ExtractorArgumentError,
     HistobagError,
+    RenamedNormalizerWarning,
     WeightsError,
     WeightsNotFoundError,
 )
@@ -60,7 +62,7 @@ def make_config(
     provenance = extractor.provenance()
     pack = provenance.pop("pack")
     provenance["versions"] = {
-        "histobag": _version("histobag"),
+        "histobag": __version__,
         pack["name"]: pack["version"] or _version(pack["name"]),
         "torch": _version("torch"),
         "timm": _version("timm"),
@@ -149,7 +151,54 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file} is not valid JSON ({exc}); the file is damaged.") from exc
     _validate(config, file)
+    _migrate_normalizer(config, file)
     return config
+
+
+#: Stain normalizer names whose meaning changed in histobag 0.2.0, when they took slideflow's,
+#: and the methods that reproduce what they meant before.
+RENAMED_NORMALIZERS = {
+    "macenko": "legacy_macenko",
+    "reinhard": "legacy_reinhard",
+    "reinhard_mask": "legacy_reinhard_mask",
+    "vahadane": "legacy_vahadane",
+}
+SLIDEFLOW_NAMES_SINCE = (0, 2)
+
+
+def _release(version: Any) -> tuple[int, ...] | None:
+    """``"0.1.0"`` → ``(0, 1, 0)``; None when it cannot be read."""
+    try:
+        return tuple(int(part) for part in str(version).split("+")[0].split(".")[:3])
+    except ValueError:
+        return None
+
+
+def _migrate_normalizer(config: dict[str, Any], file: Path) -> None:
+    """Give a normalizer recorded by histobag < 0.2 the name of the transform that made the bags.
+
+    Until 0.2, ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane`` were histobag's own
+    transforms; since, they are slideflow's. A configuration written before keeps its meaning:
+    its method is read as the ``legacy_*`` method, with a warning.
+    """
+    norm = config.get("normalizer")
+    if not norm or str(norm["method"]).lower() not in RENAMED_NORMALIZERS:
+        return
+    written_by = ((config.get("provenance") or {}).get("versions") or {}).get("histobag")
+    release = _release(written_by)
+    if release is not None and release >= SLIDEFLOW_NAMES_SINCE:
+        return
+    method = str(norm["method"]).lower()
+    legacy = RENAMED_NORMALIZERS[method]
+    warnings.warn(
+        f"{file} was written by histobag {written_by or 'before 0.2'}, whose {method!r} stain "
+        f"normalizer is now called {legacy!r}: since histobag 0.2, {method!r} means slideflow's "
+        f"{method!r}. These bags are read as made with {legacy!r}, the transform that made them; "
+        f"to extend this folder, pass normalizer={legacy!r}.",
+        RenamedNormalizerWarning,
+        stacklevel=3,
+    )
+    norm["method"] = legacy
 
 
 def _json_scalar_tree(value: Any) -> bool:

@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-um", required=True, help="tile side in microns, or e.g. 20x")
     p.add_argument("--outdir", help="bags folder (default with --project: <project>/bags/...)")
     p.add_argument("--writer", default="pt", help="pt | h5 | safetensors | a pack's writer")
-    p.add_argument("--normalizer", help="stain normalizer: macenko | reinhard | vahadane")
+    p.add_argument(
+        "--normalizer",
+        help="stain normalizer, slideflow's names and meaning (preset v3): macenko | "
+        "macenko_fast | reinhard | reinhard_fast | reinhard_mask | reinhard_fast_mask | vahadane",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
     p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
     p.add_argument("--min-tiles", type=int, default=0)

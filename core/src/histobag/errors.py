@@ -125,6 +125,11 @@ class LowDiskSpaceWarning(HistobagWarning):
     """The output folder may not have room for the bags of a run."""
 
 
+class RenamedNormalizerWarning(HistobagWarning):
+    """A configuration names a stain normalizer whose meaning has changed since it was written;
+    it is read as the method that made it."""
+
+
 class EmptyRunWarning(HistobagWarning):
     """A run had nothing to do or produced nothing: no slides, or no slide gave a bag."""
 

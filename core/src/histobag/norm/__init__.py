@@ -6,7 +6,7 @@ feature bag can record exactly how its tiles were normalised::
 
     from histobag.norm import autoselect
 
-    norm = autoselect("macenko")                   # Macenko's H&E reference ("v1")
+    norm = autoselect("macenko")                   # slideflow's default preset, "v3"
     norm = autoselect("reinhard").fit("ref.png")   # or fit to your own reference tile(s)
     tiles = norm.transform(tiles)                  # uint8 (B, 3, H, W), any device
     config = {"method": norm.method, "fit": norm.get_fit()}
@@ -25,40 +25,88 @@ from histobag.errors import HistobagError
 if TYPE_CHECKING:
     from histobag.norm.base import StainNormalizer
     from histobag.norm.color import lab_to_rgb, rgb_to_lab
-    from histobag.norm.macenko import Macenko
-    from histobag.norm.reinhard import Reinhard, ReinhardMask
+    from histobag.norm.legacy_macenko import LegacyMacenko
+    from histobag.norm.legacy_reinhard import LegacyReinhard, LegacyReinhardMask
+    from histobag.norm.legacy_vahadane import LegacyVahadane
+    from histobag.norm.macenko import Macenko, MacenkoFast
+    from histobag.norm.reinhard import Reinhard, ReinhardFast, ReinhardFastMask, ReinhardMask
     from histobag.norm.vahadane import Vahadane
 
 #: ``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
+#: The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
+#: transforms histobag called ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane``
+#: before, kept so that bags made with them rebuild exactly (see :mod:`histobag.bags_config`).
 BUILTIN_NORMALIZERS: tuple[tuple[str, str, str], ...] = (
     (
         "macenko",
         "histobag.norm.macenko:Macenko",
-        "Macenko stain separation (OD eigenvectors, percentile angles) to a reference H&E.",
+        "slideflow's macenko: brightness standardised, then Macenko stain separation.",
+    ),
+    (
+        "macenko_fast",
+        "histobag.norm.macenko:MacenkoFast",
+        "slideflow's macenko_fast: Macenko stain separation without brightness standardisation.",
     ),
     (
         "reinhard",
         "histobag.norm.reinhard:Reinhard",
-        "Reinhard colour transfer: match per-channel L*a*b* mean and std of a reference.",
+        "slideflow's reinhard: brightness standardised, then L*a*b* mean/std transfer.",
+    ),
+    (
+        "reinhard_fast",
+        "histobag.norm.reinhard:ReinhardFast",
+        "slideflow's reinhard_fast: L*a*b* mean/std transfer without brightness standardisation.",
     ),
     (
         "reinhard_mask",
         "histobag.norm.reinhard:ReinhardMask",
-        "Reinhard colour transfer on tissue pixels only (L* < 90); background untouched.",
+        "slideflow's reinhard_mask: as reinhard, statistics and transfer on tissue pixels only.",
+    ),
+    (
+        "reinhard_fast_mask",
+        "histobag.norm.reinhard:ReinhardFastMask",
+        "slideflow's reinhard_fast_mask: as reinhard_fast, on tissue pixels only.",
     ),
     (
         "vahadane",
         "histobag.norm.vahadane:Vahadane",
-        "Vahadane sparse non-negative stain separation (no SPAMS) to a reference H&E.",
+        "slideflow's vahadane (sklearn): sparse non-negative stain separation, no SPAMS.",
+    ),
+    (
+        "legacy_macenko",
+        "histobag.norm.legacy_macenko:LegacyMacenko",
+        "histobag <= 0.1's macenko (slideflow's macenko_fast, within 1 level).",
+    ),
+    (
+        "legacy_reinhard",
+        "histobag.norm.legacy_reinhard:LegacyReinhard",
+        "histobag <= 0.1's reinhard (slideflow's reinhard_fast, within 4 levels).",
+    ),
+    (
+        "legacy_reinhard_mask",
+        "histobag.norm.legacy_reinhard:LegacyReinhardMask",
+        "histobag <= 0.1's reinhard_mask (tissue pixels with L* < 90).",
+    ),
+    (
+        "legacy_vahadane",
+        "histobag.norm.legacy_vahadane:LegacyVahadane",
+        "histobag <= 0.1's vahadane (20 block-coordinate rounds from the Macenko estimate).",
     ),
 )
 
 _LAZY = {
     "StainNormalizer": "histobag.norm.base",
     "Macenko": "histobag.norm.macenko",
+    "MacenkoFast": "histobag.norm.macenko",
     "Reinhard": "histobag.norm.reinhard",
+    "ReinhardFast": "histobag.norm.reinhard",
     "ReinhardMask": "histobag.norm.reinhard",
+    "ReinhardFastMask": "histobag.norm.reinhard",
     "Vahadane": "histobag.norm.vahadane",
+    "LegacyMacenko": "histobag.norm.legacy_macenko",
+    "LegacyReinhard": "histobag.norm.legacy_reinhard",
+    "LegacyReinhardMask": "histobag.norm.legacy_reinhard",
+    "LegacyVahadane": "histobag.norm.legacy_vahadane",
     "rgb_to_lab": "histobag.norm.color",
     "lab_to_rgb": "histobag.norm.color",
 }
@@ -66,8 +114,15 @@ _LAZY = {
 __all__ = [
     "BUILTIN_NORMALIZERS",
     "NORMALIZERS",
+    "LegacyMacenko",
+    "LegacyReinhard",
+    "LegacyReinhardMask",
+    "LegacyVahadane",
     "Macenko",
+    "MacenkoFast",
     "Reinhard",
+    "ReinhardFast",
+    "ReinhardFastMask",
     "ReinhardMask",
     "StainNormalizer",
     "Vahadane",
@@ -101,10 +156,11 @@ def autoselect(
     """Build a stain normalizer by name.
 
     Args:
-        method: One of ``"macenko"``, ``"reinhard"``, ``"reinhard_mask"``, ``"vahadane"``
-            (case-insensitive).
+        method: A name in :data:`BUILTIN_NORMALIZERS` (case-insensitive): slideflow's
+            ``macenko``, ``macenko_fast``, ``reinhard``, ``reinhard_fast``, ``reinhard_mask``,
+            ``reinhard_fast_mask``, ``vahadane``, or a ``legacy_*`` method.
         fit: A fit dictionary (as from :meth:`StainNormalizer.get_fit`), a preset name, or
-            ``None`` for the default preset ``"v1"``.
+            ``None`` for the method's default preset (``"v3"``, as slideflow's).
         **kwargs: Hyperparameters for the normalizer's constructor (e.g. ``alpha=1``).
 
     Returns:
@@ -121,6 +177,6 @@ def autoselect(
         )
     cls = _load(targets[key])
     try:
-        return cls("v1" if fit is None else fit, **kwargs)
+        return cls("default" if fit is None else fit, **kwargs)
     except TypeError as exc:
         raise HistobagError(f"bad arguments for stain normalizer {key!r}: {exc}") from exc

@@ -29,8 +29,10 @@ class StainNormalizer:
     implement ``_fit_pixels`` and ``_transform`` on flattened ``(B, 3, H*W)`` uint8 tensors.
 
     Args:
-        fit: A preset name (default ``"v1"``), a fit dictionary as returned by
-            :meth:`get_fit`, anything :meth:`fit` accepts, or ``None`` to start unfitted.
+        fit: ``"default"`` (the class's :attr:`default_preset`: ``"v3"`` for the
+            slideflow-named methods, as in slideflow), a preset name, a fit dictionary as
+            returned by :meth:`get_fit`, anything :meth:`fit` accepts, or ``None`` to start
+            unfitted.
         min_tissue: Fraction of an image's pixels that must be tissue (each method defines
             tissue) for it to be normalised; images with less, e.g. blank background tiles,
             are returned unchanged.
@@ -42,8 +44,10 @@ class StainNormalizer:
     fit_shapes: ClassVar[dict[str, tuple[int, ...]]] = {}
     #: Pixels per chunk when transforming on a CPU (see :meth:`transform`).
     cpu_chunk_pixels: ClassVar[int] = 1 << 19
+    #: The preset ``fit="default"`` (and ``autoselect(method)``) stands for.
+    default_preset: ClassVar[str] = DEFAULT_PRESET
 
-    def __init__(self, fit: Any = DEFAULT_PRESET, *, min_tissue: float = 0.01) -> None:
+    def __init__(self, fit: Any = "default", *, min_tissue: float = 0.01) -> None:
         if not 0.0 <= min_tissue < 1.0:
             raise HistobagError(f"min_tissue must be in [0, 1), got {min_tissue!r}")
         self.min_tissue = float(min_tissue)
@@ -79,6 +83,8 @@ class StainNormalizer:
                 file, or contains too little tissue.
         """
         presets = PRESETS.get(self.method, {})
+        if isinstance(target, str) and target == "default":
+            target = self.default_preset
         if isinstance(target, str) and target in presets:
             self.set_fit(**presets[target])
             self._fit_source = f"preset {target!r}"
@@ -151,7 +157,7 @@ class StainNormalizer:
         if self._fit is None:
             raise HistobagError(
                 f"{type(self).__name__} is not fitted: call .fit(image) or .fit("
-                f"{DEFAULT_PRESET!r}), or construct it with fit={DEFAULT_PRESET!r}."
+                f"{self.default_preset!r}), or construct it with fit={self.default_preset!r}."
             )
         return self._fit
 

@@ -1,19 +1,28 @@
-"""Macenko stain normalisation, batched in torch.
+"""slideflow's Macenko stain normalizers (``macenko``, ``macenko_fast``), batched in torch.
 
 Macenko et al., "A method for normalizing histology slides for quantitative analysis",
-ISBI 2009. Per image:
+ISBI 2009, as slideflow 3.0.2's torch backend computes it. Per image, in float32:
 
-1. optical density ``OD = -log((I + 1) / 255)`` (see :data:`histobag.norm.ops.IO`);
-2. tissue pixels: OD >= ``beta`` in all three channels;
-3. the plane of the two largest eigenvectors of the tissue OD covariance;
-4. the angle of each tissue pixel's projection in that plane; the ``alpha`` and
-   ``100 - alpha`` percentile angles give the two stain vectors, haematoxylin being the one
-   with the larger red OD;
-5. concentrations of every pixel by least squares, scaled so that their 99th percentiles
-   match the target's, and recomposed with the target's stain vectors.
+1. ``macenko`` only: brightness standardisation, ``uint8(clip(I * 255 / p90, 0, 255))`` with
+   ``p90`` the 90th percentile of all the image's values (the cast truncates);
+   ``macenko_fast`` skips it (that is the only difference between the two);
+2. optical density ``OD = -log((I + 1) / 255)``;
+3. tissue pixels: OD >= ``beta`` in every channel;
+4. eigenvectors of the tissue ODs' covariance, taken as ``torch.linalg.eigh`` returns them
+   (signs included: they decide where the angles below wrap, as in slideflow); each tissue
+   pixel's angle is ``atan2(<OD, v_largest>, <OD, v_second>)``;
+5. the ``alpha`` and ``100 - alpha`` percentile angles (``torch.quantile``'s linear
+   interpolation, reproduced exactly) give two stain vectors in that plane; haematoxylin is
+   the one with the larger red OD;
+6. concentrations of *all* pixels by least squares; each stain's are divided by
+   ``p99(C) / target_p99`` and recomposed with the target stain matrix;
+7. ``uint8(clip(255 * exp(-OD), 0, 255))``, truncating like slideflow's cast.
 
-Eigen-decompositions of the ``(B, 3, 3)`` covariances run in float64 on the CPU (tiny, and
-the same on every device); everything per pixel stays on the batch's device.
+The fit is the stain matrix of step 5 and the 99th percentiles of step 6 (slideflow's
+``stain_matrix_target`` and ``target_concentrations``). Eigen-decompositions of the
+``(B, 3, 3)`` covariances run on the CPU, as slideflow's do; everything per pixel stays on
+the batch's device. Images with too little tissue (or degenerate stains) are returned
+unchanged, as slideflow returns the original image when its normalisation fails.
 """
 
 from __future__ import annotations
@@ -22,156 +31,125 @@ from typing import Any, ClassVar
 
 import torch
 
-from histobag.errors import ConfigError, HistobagError
-from histobag.norm.base import StainNormalizer, as_batch
-from histobag.norm.ops import (
-    compose,
-    masked_quantile,
-    min_pixels,
-    od_to_uint8,
-    optical_density,
-    order_he,
-)
-from histobag.norm.presets import DEFAULT_PRESET
+from histobag.errors import HistobagError
+from histobag.norm.base import StainNormalizer
+from histobag.norm.legacy_macenko import _StainMatrixNormalizer
+from histobag.norm.ops import lookup, min_pixels, standardize_brightness, torch_quantile
+
+#: Incident light intensity ``Io`` of slideflow's Macenko normalizers.
+IO = 255
 
 
-def macenko_stains(od: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Estimate each image's H&E stain matrix with Macenko's method.
+def optical_density32(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``-log((I + 1) / 255)`` of uint8 ``I``, computed as slideflow does (float32)."""
+    lut = -torch.log((torch.arange(256, dtype=torch.float32) + 1.0) / IO)
+    return lookup(lut.to(x.device), x)
+
+
+def _dot3(v: torch.Tensor, od: torch.Tensor) -> torch.Tensor:
+    """``<v, OD>`` per pixel for vectors ``(B, 3)`` and ODs ``(B, 3, N)`` (elementwise sums)."""
+    return v[:, 0:1] * od[:, 0] + v[:, 1:2] * od[:, 1] + v[:, 2:3] * od[:, 2]
+
+
+def slideflow_macenko_stains(od: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Each image's H&E stain matrix as slideflow's Macenko estimates it.
 
     Args:
-        od: Optical densities ``(B, 3, N)``.
+        od: float32 optical densities ``(B, 3, N)``.
         mask: Tissue pixels ``(B, N)``; each image needs at least two.
         alpha: Percentile (0-50) of the extreme angles taken as the stain directions.
 
     Returns:
-        ``(B, 3, 2)`` unit stain vectors (columns haematoxylin, eosin) in ``od``'s dtype.
-        Images with fewer than two tissue pixels get meaningless values: callers mask them.
+        float32 ``(B, 3, 2)`` unit stain vectors (columns haematoxylin, eosin). Images with
+        fewer than two tissue pixels get meaningless values: callers mask them.
     """
-    dtype, device = od.dtype, od.device
+    device = od.device
     n = mask.sum(-1)
-    m = mask.unsqueeze(1).to(dtype)
-    mean = (od * m).sum(-1) / n.clamp(min=1).unsqueeze(-1).to(dtype)
-    d = (od - mean.unsqueeze(-1)) * m
-    # One outer product per pixel, reduced in a single multi-output call: CPU reductions with
-    # several outputs per image never split a row across threads, so the sums are identical
-    # whatever the batch size (a batch is normalised exactly like each of its images alone).
-    scatter = (d.unsqueeze(2) * d.unsqueeze(1)).sum(-1)  # (B, 3, 3)
-    cov = (scatter / (n - 1).clamp(min=1).to(dtype)[:, None, None]).to("cpu", torch.float64)
-    _, vecs = torch.linalg.eigh(cov)  # eigenvalues ascending
-    v1, v2 = vecs[..., 2], vecs[..., 1]
-    # Eigenvector signs are arbitrary. Point the principal one into the positive octant (all
-    # tissue ODs are positive, so their angles then stay in (-pi/2, pi/2) and never wrap);
-    # fix the second's sign only for reproducibility (the result does not depend on it).
-    v1 = v1 * torch.where(v1.sum(-1) < 0, -1.0, 1.0).unsqueeze(-1)
-    v2 = v2 * torch.where(v2[:, 0] < 0, -1.0, 1.0).unsqueeze(-1)
-    v1 = v1.to(device=device, dtype=dtype)
-    v2 = v2.to(device=device, dtype=dtype)
-    t1 = v1[:, 0:1] * od[:, 0] + v1[:, 1:2] * od[:, 1] + v1[:, 2:3] * od[:, 2]
-    t2 = v2[:, 0:1] * od[:, 0] + v2[:, 1:2] * od[:, 1] + v2[:, 2:3] * od[:, 2]
-    phi = torch.atan2(t2, t1)
-    lo = masked_quantile(phi, mask, alpha / 100.0).unsqueeze(-1)
-    hi = masked_quantile(phi, mask, 1.0 - alpha / 100.0).unsqueeze(-1)
-    v_lo = v1 * torch.cos(lo) + v2 * torch.sin(lo)
-    v_hi = v1 * torch.cos(hi) + v2 * torch.sin(hi)
-    return order_he(torch.stack((v_lo, v_hi), dim=-1))
+    m = mask.unsqueeze(1).to(od.dtype)
+    # Sums in float64, each image's in one multi-output reduction: identical whatever the
+    # batch size (a batch is normalised exactly like each of its images alone).
+    mean = (od * m).sum(-1, dtype=torch.float64) / n.clamp(min=1).unsqueeze(-1)
+    d = ((od.double() - mean.unsqueeze(-1)) * m).float()
+    scatter = (d.unsqueeze(2) * d.unsqueeze(1)).sum(-1, dtype=torch.float64)  # (B, 3, 3)
+    cov = scatter / (n - 1).clamp(min=1).to(torch.float64)[:, None, None]
+    # float32 on the CPU, as slideflow (the signs of the eigenvectors matter, see above).
+    _, vecs = torch.linalg.eigh(cov.to("cpu", torch.float32))  # eigenvalues ascending
+    vecs = vecs.to(device)
+    e_second, e_first = vecs[..., 1], vecs[..., 2]  # (B, 3)
+    phi = torch.atan2(_dot3(e_first, od), _dot3(e_second, od))
+    lo = torch_quantile(phi, mask, alpha / 100).unsqueeze(-1)
+    hi = torch_quantile(phi, mask, 1 - alpha / 100).unsqueeze(-1)
+    v_min = e_second * torch.cos(lo) + e_first * torch.sin(lo)
+    v_max = e_second * torch.cos(hi) + e_first * torch.sin(hi)
+    min_first = (v_min[:, 0] > v_max[:, 0])[:, None]
+    h = torch.where(min_first, v_min, v_max)
+    e = torch.where(min_first, v_max, v_min)
+    return torch.stack((h, e), dim=-1)
 
 
 def lstsq_concentrations(od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
-    """Least-squares stain concentrations ``pinv(W) @ OD``.
+    """Least-squares concentrations ``pinv(W) @ OD`` (float32 ``(B, 2, N)``).
 
-    Args:
-        od: Optical densities ``(B, 3, N)``.
-        stains: Stain matrices ``(B, 3, 2)`` with independent columns.
-
-    Returns:
-        Concentrations ``(B, 2, N)`` (may be negative).
+    The pseudo-inverse of each ``(3, 2)`` stain matrix is formed in float64.
     """
-    w1, w2 = stains[:, :, 0], stains[:, :, 1]  # (B, 3)
+    w = stains.double()
+    w1, w2 = w[:, :, 0], w[:, :, 1]
     g11 = (w1 * w1).sum(-1, keepdim=True)
     g12 = (w1 * w2).sum(-1, keepdim=True)
     g22 = (w2 * w2).sum(-1, keepdim=True)
-    det = (g11 * g22 - g12 * g12).clamp(min=torch.finfo(od.dtype).tiny)
-    p1 = (g22 * w1 - g12 * w2) / det  # rows of the pseudo-inverse, (B, 3)
-    p2 = (g11 * w2 - g12 * w1) / det
-    c1 = p1[:, 0:1] * od[:, 0] + p1[:, 1:2] * od[:, 1] + p1[:, 2:3] * od[:, 2]
-    c2 = p2[:, 0:1] * od[:, 0] + p2[:, 1:2] * od[:, 1] + p2[:, 2:3] * od[:, 2]
-    return torch.stack((c1, c2), dim=1)
+    det = (g11 * g22 - g12 * g12).clamp(min=torch.finfo(torch.float64).tiny)
+    p1 = ((g22 * w1 - g12 * w2) / det).to(od.dtype)
+    p2 = ((g11 * w2 - g12 * w1) / det).to(od.dtype)
+    return torch.stack((_dot3(p1, od), _dot3(p2, od)), dim=1)
 
 
-class _StainMatrixNormalizer(StainNormalizer):
-    """Shared machinery of the stain-separation normalizers (Macenko, Vahadane).
+class MacenkoFast(_StainMatrixNormalizer):
+    """slideflow's ``macenko_fast``: Macenko stain normalisation, no brightness standardisation.
 
-    Subclasses provide the per-image stain estimate (``_stains``) and the concentrations
-    (``_concentrations``); the fit is a target stain matrix and max concentrations.
+    The fit is ``{"stain_matrix": 3x2 (rows R, G, B; columns H, E), "max_concentrations":
+    [H, E]}`` (slideflow's ``stain_matrix_target`` and ``target_concentrations``); presets
+    ``v1``, ``v2`` and ``v3`` (the default) are slideflow's.
+
+    Args:
+        fit: ``"default"``, a preset name, a fit dictionary, target image(s), or ``None``.
+        alpha: Percentile of the extreme angles taken as stain directions (default 1).
+        beta: Minimum optical density, in every channel, of a tissue pixel (default 0.15).
+        min_tissue: Images with a smaller fraction of tissue pixels are returned unchanged.
     """
 
-    fit_shapes: ClassVar[dict[str, tuple[int, ...]]] = {
-        "stain_matrix": (3, 2),
-        "max_concentrations": (2,),
-    }
+    method = "macenko_fast"
+    default_preset: ClassVar[str] = StainNormalizer.default_preset
+    #: Whether images are brightness-standardised before fitting and transforming.
+    standardize: ClassVar[bool] = False
 
     def __init__(
         self,
-        fit: Any = DEFAULT_PRESET,
+        fit: Any = "default",
         *,
         alpha: float = 1.0,
         beta: float = 0.15,
         min_tissue: float = 0.01,
     ) -> None:
-        if not 0.0 <= alpha < 50.0:
-            raise HistobagError(f"alpha must be a percentile in [0, 50), got {alpha!r}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        super().__init__(fit, min_tissue=min_tissue)
-
-    def _params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "beta": self.beta, **super()._params()}
-
-    def _check_fit(self, fit: dict[str, torch.Tensor]) -> None:
-        _check_stain_fit(fit)
-
-    def _stains(self, od: torch.Tensor, mask: torch.Tensor, fitting: bool) -> torch.Tensor:
-        """Per-image stain matrices ``(B, 3, 2)`` of optical densities with tissue ``mask``."""
-        raise NotImplementedError
-
-    def _concentrations(self, od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
-        """Per-pixel concentrations ``(B, 2, N)`` given stain matrices ``(B, 3, 2)``."""
-        raise NotImplementedError
+        super().__init__(fit, alpha=alpha, beta=beta, min_tissue=min_tissue)
 
     def _estimate(
         self, x: torch.Tensor, fitting: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return OD, per-image stain matrices and validity for uint8 images ``(B, 3, N)``.
-
-        Fitting works in float64 for accuracy, transforms in float32 for speed.
-        """
-        od = optical_density(x, torch.float64 if fitting else torch.float32)
+        """Return OD, stain matrices and validity for uint8 images ``(B, 3, N)`` (float32)."""
+        if self.standardize:
+            x = standardize_brightness(x)
+        od = optical_density32(x)
         mask = (od >= self.beta).all(1)
         valid = mask.sum(-1) >= min_pixels(x.shape[-1], self.min_tissue)
-        stains = self._stains(od, mask, fitting)
-        # Two (nearly) parallel stain vectors cannot separate anything (e.g. a uniformly dark
-        # tile): sin^2 of the angle between the unit columns must exceed 1e-4 (about 0.6 deg).
+        stains = slideflow_macenko_stains(od, mask, self.alpha)
+        # Two (nearly) parallel stain vectors cannot separate anything.
         w1, w2 = stains[:, :, 0], stains[:, :, 1]
         gram_det = (w1 * w1).sum(-1) * (w2 * w2).sum(-1) - (w1 * w2).sum(-1) ** 2
-        return od, stains, valid & (gram_det > 1e-4)
+        valid = valid & (gram_det > 1e-4) & torch.isfinite(stains).all(-1).all(-1)
+        return od, stains, valid
 
-    def estimate_stains(self, images: Any) -> torch.Tensor:
-        """Estimate the stain matrix of each image (no target involved).
-
-        Args:
-            images: Images in any layout :meth:`transform` accepts.
-
-        Returns:
-            float32 tensor ``(B, 3, 2)`` (or ``(3, 2)`` for a single image) on the images'
-            device: unit columns haematoxylin, eosin; NaN for images with too little tissue.
-        """
-        x, _ = as_batch(images)
-        single = getattr(images, "ndim", 4) == 3
-        b, _, h, w = x.shape
-        with torch.no_grad():
-            _, stains, valid = self._estimate(x.reshape(b, 3, h * w))
-        stains = torch.where(valid[:, None, None], stains, torch.nan)
-        return stains[0] if single else stains
+    def _concentrations(self, od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
+        return lstsq_concentrations(od, stains)
 
     def _fit_pixels(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         od, stains, valid = self._estimate(pixels, fitting=True)
@@ -181,47 +159,37 @@ class _StainMatrixNormalizer(StainNormalizer):
                 f"{self.min_tissue:.0%} of its pixels have optical density >= {self.beta} in "
                 "every channel. Fit on tissue, not background."
             )
-        max_c = masked_quantile(self._concentrations(od, stains), None, 0.99)
+        max_c = torch_quantile(self._concentrations(od, stains), None, 0.99)
         return {"stain_matrix": stains[0], "max_concentrations": max_c[0]}
 
     def _transform(self, x: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
         od, stains, valid = self._estimate(x)
         ref = target["stain_matrix"].unsqueeze(0)
-        # Blank images get the target's stains so no NaN or inf arises; they are restored below.
+        # Invalid images get the target's stains so that no NaN arises; restored below.
         stains = torch.where(valid[:, None, None], stains, ref)
         conc = self._concentrations(od, stains)
-        max_c = masked_quantile(conc, None, 0.99)
+        max_c = torch_quantile(conc, None, 0.99)  # (B, 2)
         valid = valid & (max_c > 1e-3).all(-1)
-        scale = target["max_concentrations"] / max_c.clamp(min=1e-3)
-        out = od_to_uint8(compose(ref, conc * scale.unsqueeze(-1)))
+        ratio = max_c.clamp(min=1e-3) / target["max_concentrations"]
+        conc = conc / ratio.unsqueeze(-1)
+        out_od = ref[:, :, 0:1] * conc[:, 0:1] + ref[:, :, 1:2] * conc[:, 1:2]
+        out = (torch.exp(-out_od) * IO).clamp_(0, 255).to(torch.uint8)
         return torch.where(valid[:, None, None], out, x)
 
 
-class Macenko(_StainMatrixNormalizer):
-    """Macenko stain normalizer (eigenvector plane of tissue OD, percentile angles).
+class Macenko(MacenkoFast):
+    """slideflow's ``macenko``: brightness standardisation, then Macenko stain normalisation.
 
-    The fit is ``{"stain_matrix": 3x2 (rows R, G, B; columns H, E), "max_concentrations":
-    [H, E]}``; the default preset ``"v1"`` is Macenko's published H&E reference.
+    Each image (and the fit target) is first standardised to its 90th-percentile brightness
+    (see :func:`standardize_brightness`); otherwise as :class:`MacenkoFast`, with the
+    ``macenko`` presets.
 
     Args:
-        fit: Preset name, fit dictionary, target image(s), or ``None`` (unfitted).
+        fit: ``"default"``, a preset name, a fit dictionary, target image(s), or ``None``.
         alpha: Percentile of the extreme angles taken as stain directions (default 1).
         beta: Minimum optical density, in every channel, of a tissue pixel (default 0.15).
         min_tissue: Images with a smaller fraction of tissue pixels are returned unchanged.
     """
 
     method = "macenko"
-
-    def _stains(self, od: torch.Tensor, mask: torch.Tensor, fitting: bool) -> torch.Tensor:
-        return macenko_stains(od, mask, self.alpha)
-
-    def _concentrations(self, od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
-        return lstsq_concentrations(od, stains)
-
-
-def _check_stain_fit(fit: dict[str, torch.Tensor]) -> None:
-    norms = fit["stain_matrix"].norm(dim=0)
-    if (norms < 1e-6).any():
-        raise ConfigError("fit['stain_matrix'] has a zero column; each column is a stain vector")
-    if (fit["max_concentrations"] <= 0).any():
-        raise ConfigError("fit['max_concentrations'] must be positive")
+    standardize: ClassVar[bool] = True

@@ -180,3 +180,62 @@ def flatten_sample(x: torch.Tensor, max_pixels: int | None) -> torch.Tensor:
         return x
     step = math.ceil(n / max_pixels)
     return x[..., ::step]
+
+
+def torch_quantile(x: torch.Tensor, mask: torch.Tensor | None, q: float) -> torch.Tensor:
+    """Per-row ``torch.quantile(row[mask], q)`` (linear interpolation), bit for bit.
+
+    As ``torch.quantile``: the rank ``q * (n - 1)`` is computed in ``x``'s dtype, the two
+    neighbouring order statistics are blended with ``torch.lerp``. Only the end of each row
+    that holds them is sorted (``torch.topk``), and every row may have its own number of
+    selected entries.
+
+    Args:
+        x: Floating tensor ``(..., N)`` without NaN.
+        mask: Boolean tensor broadcastable to ``x``, or ``None`` for all entries.
+        q: Quantile in ``[0, 1]``.
+
+    Returns:
+        A tensor of shape ``x.shape[:-1]``; rows without a selected entry give 0.
+    """
+    n_cols = x.shape[-1]
+    upper = q > 0.5
+    if mask is None:
+        n = torch.full(x.shape[:-1], n_cols, device=x.device, dtype=torch.long)
+        xf = x
+    else:
+        mask = mask.expand_as(x)
+        n = mask.sum(-1)
+        xf = x.masked_fill(~mask, -math.inf if upper else math.inf)
+    last = (n - 1).clamp(min=0)
+    # q in x's dtype, the rank in float64, the weight back in x's dtype (as torch does).
+    q_x = torch.tensor(q, dtype=x.dtype).item()
+    rank = last.to(torch.float64) * q_x
+    below = rank.long()  # ranks are non-negative: truncation is floor
+    above = rank.ceil().long()
+    weight = (rank - below.to(torch.float64)).to(x.dtype)
+    # How many order statistics to sort from the chosen end (a safe upper bound).
+    span = (1.0 - q) if upper else q
+    k = min(n_cols, math.floor((n_cols - 1) * span) + 3)
+    vals = torch.topk(xf, k, dim=-1, largest=upper, sorted=True).values
+    if upper:  # ascending rank r sits at position (n - 1 - r) of the descending values
+        i_below, i_above = last - below, last - above
+    else:
+        i_below, i_above = below, above
+    v_below = vals.gather(-1, i_below.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+    v_above = vals.gather(-1, i_above.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+    out = torch.lerp(v_below, v_above, weight)
+    return torch.where(n > 0, out, torch.zeros_like(out))
+
+
+def standardize_brightness(x: torch.Tensor) -> torch.Tensor:
+    """Brightness-standardise uint8 images ``(B, 3, N)`` as slideflow does, per image.
+
+    ``uint8(clip(I * 255 / p90, 0, 255))`` with the operations in slideflow's order
+    (``I * 255`` first, then the division) and ``p90`` exactly ``torch.quantile(I, 0.9)``
+    over every value of the image; the cast truncates.
+    """
+    flat = x.reshape(x.shape[0], -1).float()
+    p90 = torch_quantile(flat, None, 0.9).clamp(min=torch.finfo(torch.float32).tiny)
+    out = (x.float() * 255.0) / p90.view(-1, *([1] * (x.dim() - 1)))
+    return out.clamp_(0, 255).to(torch.uint8)
