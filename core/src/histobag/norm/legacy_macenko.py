@@ -18,6 +18,7 @@ the same on every device); everything per pixel stays on the batch's device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -108,6 +109,8 @@ class _StainMatrixNormalizer(StainNormalizer):
         "stain_matrix": (3, 2),
         "max_concentrations": (2,),
     }
+    #: Per-row quantile ``(x, mask, q)`` used for the concentrations' 99th percentiles.
+    quantile: ClassVar[Callable[..., torch.Tensor]] = staticmethod(masked_quantile)
 
     def __init__(
         self,
@@ -180,7 +183,7 @@ class _StainMatrixNormalizer(StainNormalizer):
                 f"{self.min_tissue:.0%} of its pixels have optical density >= {self.beta} in "
                 "every channel. Fit on tissue, not background."
             )
-        max_c = masked_quantile(self._concentrations(od, stains), None, 0.99)
+        max_c = self.quantile(self._concentrations(od, stains), None, 0.99)
         return {"stain_matrix": stains[0], "max_concentrations": max_c[0]}
 
     def _transform(self, x: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from histobag.errors import HistobagError
 from histobag.norm.base import StainNormalizer
 from histobag.norm.legacy_macenko import _StainMatrixNormalizer
 from histobag.norm.ops import lookup, min_pixels, standardize_brightness, torch_quantile
@@ -119,6 +118,7 @@ class MacenkoFast(_StainMatrixNormalizer):
 
     method = "macenko_fast"
     default_preset: ClassVar[str] = StainNormalizer.default_preset
+    quantile = staticmethod(torch_quantile)  # bit for bit torch.quantile, as slideflow's
     #: Whether images are brightness-standardised before fitting and transforming.
     standardize: ClassVar[bool] = False
 
@@ -151,24 +151,13 @@ class MacenkoFast(_StainMatrixNormalizer):
     def _concentrations(self, od: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
         return lstsq_concentrations(od, stains)
 
-    def _fit_pixels(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        od, stains, valid = self._estimate(pixels, fitting=True)
-        if not bool(valid[0]):
-            raise HistobagError(
-                f"the target has too little tissue to fit {type(self).__name__}: fewer than "
-                f"{self.min_tissue:.0%} of its pixels have optical density >= {self.beta} in "
-                "every channel. Fit on tissue, not background."
-            )
-        max_c = torch_quantile(self._concentrations(od, stains), None, 0.99)
-        return {"stain_matrix": stains[0], "max_concentrations": max_c[0]}
-
     def _transform(self, x: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
         od, stains, valid = self._estimate(x)
         ref = target["stain_matrix"].unsqueeze(0)
         # Invalid images get the target's stains so that no NaN arises; restored below.
         stains = torch.where(valid[:, None, None], stains, ref)
         conc = self._concentrations(od, stains)
-        max_c = torch_quantile(conc, None, 0.99)  # (B, 2)
+        max_c = self.quantile(conc, None, 0.99)  # (B, 2)
         valid = valid & (max_c > 1e-3).all(-1)
         ratio = max_c.clamp(min=1e-3) / target["max_concentrations"]
         conc = conc / ratio.unsqueeze(-1)
