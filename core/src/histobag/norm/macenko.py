@@ -27,11 +27,10 @@ unchanged, as slideflow returns the original image when its normalisation fails.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from histobag.norm.base import StainNormalizer
 from histobag.norm.legacy_macenko import _StainMatrixNormalizer
 from histobag.norm.ops import lookup, min_pixels, standardize_brightness, torch_quantile
 
@@ -117,20 +116,9 @@ class MacenkoFast(_StainMatrixNormalizer):
     """
 
     method = "macenko_fast"
-    default_preset: ClassVar[str] = StainNormalizer.default_preset
     quantile = staticmethod(torch_quantile)  # bit for bit torch.quantile, as slideflow's
     #: Whether images are brightness-standardised before fitting and transforming.
     standardize: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        fit: Any = "default",
-        *,
-        alpha: float = 1.0,
-        beta: float = 0.15,
-        min_tissue: float = 0.01,
-    ) -> None:
-        super().__init__(fit, alpha=alpha, beta=beta, min_tissue=min_tissue)
 
     def _estimate(
         self, x: torch.Tensor, fitting: bool = False
