@@ -9,7 +9,7 @@ import pytest
 from histobag.data import sample_slide
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENDOR_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "openslide-python"
+VENDOR_DIR = REPO_ROOT / "tests" / "fixtures" / "openslide-python"
 
 
 @pytest.fixture(scope="session")
@@ -20,11 +20,11 @@ def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vendor_dir() -> Path:
-    """The real slide files published with openslide-python (kept in ../shared/)."""
+    """The real slide files published with openslide-python (tests/fixtures/openslide-python)."""
     if not (VENDOR_DIR / "small.svs").is_file():
         pytest.fail(
-            f"Vendor slide fixtures are missing: expected {VENDOR_DIR}/small.svs. They live in "
-            "the shared/ folder beside the repository (shared/fixtures/openslide-python/); "
-            "check out or restore shared/ next to the repo."
+            f"Vendor slide fixtures are missing: expected {VENDOR_DIR}/small.svs, which is "
+            "committed in the repository (tests/fixtures/openslide-python/); restore it with "
+            "`git checkout -- tests/fixtures`."
         )
     return VENDOR_DIR

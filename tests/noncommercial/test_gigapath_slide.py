@@ -1,11 +1,11 @@
 """Prov-GigaPath slide encoder (LongNet ViT) and the tile + slide pipeline.
 
 Numerical parity: the golden outputs of the official code on a reduced configuration
-(``../shared/fixtures/gigapath-slide``), loaded through ``histobag.build_feature_extractor``
-from the official checkpoint layout. Dilated attention is also checked against a literal,
-unvectorised re-statement of the official algorithm on configurations with many segments in
-every branch (the fixtures only split the ratio-1 branch). Key names and shapes are checked at
-full size on the meta device against the fixture's manifest.
+(``tests/fixtures/gigapath-slide``, first delivered in ``../shared/fixtures/``), loaded through
+``histobag.build_feature_extractor`` from the official checkpoint layout. Dilated attention is also
+checked against a literal, unvectorised re-statement of the official algorithm on configurations
+with many segments in every branch (the fixtures only split the ratio-1 branch). Key names and
+shapes are checked at full size on the meta device against the fixture's manifest.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from histobag_noncommercial import gigapath_slide as gs
 from histobag_noncommercial import gigapath_specs, longnet
 from tests.core.toy_models import registered as registered_specs
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gigapath-slide"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gigapath-slide"
 SMALL = gs.SlideEncoderConfig(in_chans=64, embed_dim=256, depth=2)
 TOL = 1e-4
 TILE_PX, TILE_UM = 16, 8  # 16 level-0 px per tile on the 0.5 µm/px sample slide
