@@ -32,7 +32,13 @@ from typing import ClassVar
 import torch
 
 from histobag.norm.legacy_macenko import _StainMatrixNormalizer
-from histobag.norm.ops import lookup, min_pixels, standardize_brightness, torch_quantile
+from histobag.norm.ops import (
+    compose,
+    lookup,
+    min_pixels,
+    standardize_brightness,
+    torch_quantile,
+)
 
 #: Incident light intensity ``Io`` of slideflow's Macenko normalizers.
 IO = 255
@@ -149,8 +155,7 @@ class MacenkoFast(_StainMatrixNormalizer):
         valid = valid & (max_c > 1e-3).all(-1)
         ratio = max_c.clamp(min=1e-3) / target["max_concentrations"]
         conc = conc / ratio.unsqueeze(-1)
-        out_od = ref[:, :, 0:1] * conc[:, 0:1] + ref[:, :, 1:2] * conc[:, 1:2]
-        out = (torch.exp(-out_od) * IO).clamp_(0, 255).to(torch.uint8)
+        out = (torch.exp(-compose(ref, conc)) * IO).clamp_(0, 255).to(torch.uint8)
         return torch.where(valid[:, None, None], out, x)
 
 
