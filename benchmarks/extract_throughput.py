@@ -53,7 +53,7 @@ def _slide(folder: Path, scale: int, compression: str) -> Path:
         # area and the tiles. Written by a child process, whose memory is its own.
         side = round(scale**0.5)
         code = (
-            "import sys; from histobag.data import sample_slide; "
+            "import sys; from histobag.slide.samples import sample_slide; "
             "sample_slide(sys.argv[1], size=(int(sys.argv[2]), int(sys.argv[3])), seed=0, "
             "compression=sys.argv[4])"
         )
@@ -107,8 +107,8 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = Fa
     import torch
 
     from histobag.engine import Job, run
-    from histobag.io.bags import PtBagWriter
-    from histobag.sources import OpenWSI
+    from histobag.io.bag_writers import PtBagWriter
+    from histobag.tile_readers import OpenWSI
 
     out = Path(tempfile.mkdtemp())
     writer = PtBagWriter(out)

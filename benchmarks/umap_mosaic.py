@@ -102,8 +102,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from histobag.analysis.grid import assign_grid
     from histobag.analysis.mosaic import Mosaic
+    from histobag.analysis.mosaic_grid import assign_grid
     from histobag.analysis.slidemap import SlideMap, umap_embedding
 
     results: dict = {

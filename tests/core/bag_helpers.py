@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from histobag import ExtractorSpec, Preprocessing
-from histobag.data import sample_slide
+from histobag.slide.samples import sample_slide
 from tests.core.conftest import VENDOR_DIR
 
 TILE_PX, TILE_UM = 16, 8  # small enough for unreadable.svs (16 px) to have tiles

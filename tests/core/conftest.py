@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from histobag.data import sample_slide
+from histobag.slide.samples import sample_slide
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDOR_DIR = REPO_ROOT / "tests" / "fixtures" / "openslide-python"

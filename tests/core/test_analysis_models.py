@@ -10,7 +10,7 @@ import torch
 import histobag
 from histobag.analysis import DatasetFeatures, Features
 from histobag.errors import CheckpointMismatchError, ConfigError
-from histobag.models import extractor_from_saved_model, is_saved_model, save_model
+from histobag.extractors.saved import extractor_from_saved_model, is_saved_model, save_model
 from histobag.slide import WSI
 from tests.core.bag_helpers import TILE_PX, TILE_UM, make_slides
 
@@ -160,8 +160,9 @@ def test_analysis_and_models_import_nothing_heavy():
     import sys
 
     code = (
-        "import sys, histobag, histobag.analysis, histobag.models, histobag.analysis.cli\n"
-        "from histobag.models import is_saved_model\n"
+        "import sys, histobag, histobag.analysis, histobag.extractors.saved,"
+        " histobag.analysis.cli\n"
+        "from histobag.extractors.saved import is_saved_model\n"
         "is_saved_model('.')\n"
         "heavy = ['torch', 'timm', 'numpy', 'umap', 'numba', 'matplotlib', 'pandas', 'scipy']\n"
         "print([m for m in heavy if m in sys.modules])"

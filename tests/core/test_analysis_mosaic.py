@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from histobag.analysis import Mosaic, SlideMap
-from histobag.analysis.grid import assign_grid
+from histobag.analysis.mosaic_grid import assign_grid
 from histobag.analysis.tiles import ArrayTileSource, SlideTileSource, TFRecordTileSource
 from histobag.errors import HistobagError
 from histobag.slide import WSI

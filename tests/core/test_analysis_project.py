@@ -12,12 +12,12 @@ from PIL import Image
 import histobag
 from histobag.analysis import DatasetFeatures, Mosaic, SlideMap
 from histobag.analysis import cli as analysis_cli
-from histobag.analysis.demo import demo_analysis
 from histobag.analysis.project_methods import generate_features, generate_mosaic
 from histobag.analysis.slidemap import umap_embedding
 from histobag.analysis.tiles import SlideTileSource, TFRecordTileSource, tile_source_for
-from histobag.io.bags import read_bag
-from histobag.models import save_model
+from histobag.bags.read import read_bag
+from histobag.demo import demo_analysis
+from histobag.extractors.saved import save_model
 from histobag.slide import WSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered

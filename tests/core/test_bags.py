@@ -9,8 +9,10 @@ import torch
 
 import histobag
 from histobag.analysis import DatasetFeatures
+from histobag.bags.read import read_bag
 from histobag.errors import ConfigError, EmptyRunWarning
-from histobag.io.bags import TMP_PREFIX, BagWriter, read_bag
+from histobag.files import TMP_PREFIX
+from histobag.io.bag_writers import BagWriter
 from histobag.slide import WSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered

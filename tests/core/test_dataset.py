@@ -8,13 +8,13 @@ import shutil
 import pandas as pd
 import pytest
 
-from histobag.data import sample_slide
 from histobag.dataset import Dataset
 from histobag.errors import ConfigError
 from histobag.io.tfrecord import TFRecordReader
 from histobag.naming import MAX_NAME_LENGTH, safe_name
 from histobag.project import Project
 from histobag.slide import WSI
+from histobag.slide.samples import sample_slide
 
 ANNOTATIONS = """slide,subtype,site,age
 alpha,lusc,A,61

@@ -19,12 +19,14 @@ import torch
 
 import histobag
 from histobag import ExtractorSpec, Preprocessing
-from histobag.bags import generate_feature_bags, slide_jobs
+from histobag.bags.generate import generate_feature_bags, slide_jobs
+from histobag.bags.space import estimate_bag_bytes
 from histobag.dataset import Dataset
 from histobag.errors import LowDiskSpaceWarning, StorageError
-from histobag.io.bags import TMP_PREFIX, TileGeometry, get_writer, write_json_atomic
+from histobag.files import TMP_PREFIX, write_json_atomic
+from histobag.geometry import TileGeometry
+from histobag.io.bag_writers import get_writer
 from histobag.slide import WSI
-from histobag.space import estimate_bag_bytes
 from tests.core.bag_helpers import TILE_PX, TILE_UM, PixelNet, make_slides
 from tests.core.toy_models import registered
 

@@ -13,7 +13,7 @@ import torch
 import histobag
 from histobag import engine
 from histobag.engine import CollectSink, Job, auto_workers, run
-from histobag.sources import OpenWSI
+from histobag.tile_readers import OpenWSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
 

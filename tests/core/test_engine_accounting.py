@@ -15,13 +15,13 @@ import pytest
 import histobag
 from histobag.assembly import FeatureRows, TileLedger
 from histobag.bags import generate_feature_bags
-from histobag.data import sample_slide
 from histobag.dataset import Dataset
 from histobag.engine import CollectSink, Job, run
 from histobag.errors import ArgumentError, TileAccountingError
-from histobag.io.bags import TileGeometry
+from histobag.geometry import TileGeometry
 from histobag.io.tfrecord import TFRecordReader
 from histobag.slide import WSI
+from histobag.slide.samples import sample_slide
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
 

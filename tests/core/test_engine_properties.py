@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 
 import histobag
 from histobag.bags import generate_feature_bags
-from histobag.bags_config import read_config
+from histobag.bags.config import read_config
 from histobag.dataset import Dataset
-from histobag.engine import CollectSink, Job, features_from_tfrecord, run
-from histobag.io.bags import TileGeometry, get_writer, top_left_to_centres
+from histobag.engine import CollectSink, Job, run
+from histobag.extraction import features_from_tfrecord
+from histobag.geometry import TileGeometry, top_left_to_centres
+from histobag.io.bag_writers import get_writer
 from histobag.io.images import encode_image
 from histobag.io.tfrecord import TFRecordWriter
 from histobag.slide import WSI
@@ -225,7 +227,7 @@ def filtered_slides(tmp_path_factory) -> Path:
     """Sample slides on which the grayspace/whitespace filters drop some grid tiles."""
     folder = tmp_path_factory.mktemp("filtered")
     for seed, size in ((0, (1024, 768)), (3, (640, 512))):
-        histobag.data.sample_slide(folder / f"f{seed}.svs", size=size, seed=seed)
+        histobag.slide.samples.sample_slide(folder / f"f{seed}.svs", size=size, seed=seed)
     return folder
 
 

@@ -47,7 +47,9 @@ libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 # 64 KB blocks come from the heap (below the mmap threshold); a small block after each one
-# pins the heap's top, so freeing the big ones cannot shrink it.
+# pins the heap's top, so freeing the big ones cannot shrink it. Small chunks freed by the
+# imports are used up first, so that every pin comes from the heap's top.
+drained = [libc.malloc(32) for _ in range(200_000)]
 big, pins = [], []
 for _ in range(3000):
     block = libc.malloc(64 * 1024)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import histobag
+from histobag.bags.manifest import MANIFEST_NAME, record_bags, verify_bags
 from histobag.errors import ConfigError
-from histobag.integrity import MANIFEST_NAME, record_bags, verify_bags
-from histobag.io.bags import get_writer
+from histobag.io.bag_writers import get_writer
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import histobag
-from histobag.bags_config import read_config
+from histobag.bags.config import read_config
+from histobag.bags.read import read_bag
 from histobag.errors import RenamedNormalizerWarning
-from histobag.io.bags import read_bag
 from histobag.norm import autoselect
 from histobag.slide import WSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides

@@ -6,7 +6,7 @@ from torchvision.transforms import functional as F
 import histobag
 from histobag.errors import ExtractorArgumentError
 from histobag.extractors.preprocess import output_size, resolve_preprocessing
-from histobag.extractors.spec import Preprocessing
+from histobag.specs import Preprocessing
 from tests.core.toy_models import registered, toy_spec
 
 DEFAULT = Preprocessing(center_crop=224, resize=256, interpolation="bicubic")

@@ -7,8 +7,8 @@ import openslide
 import pytest
 import tifffile
 
-from histobag.data import sample_slide
 from histobag.errors import HistobagError
+from histobag.slide.samples import sample_slide
 from histobag.slide.tissue import saturation
 
 

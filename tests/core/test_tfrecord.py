@@ -27,7 +27,7 @@ from histobag.io.tfrecord import (
     read_index,
 )
 from histobag.slide import WSI
-from histobag.sources import OpenTFRecord
+from histobag.tile_readers import OpenTFRecord
 from tests.core.bag_helpers import PIXELNET
 from tests.core.toy_models import registered
 

@@ -26,7 +26,7 @@ import histobag
 from histobag.errors import HistobagError
 from histobag.io.images import encode_image
 from histobag.io.tfrecord import TFRecordWriter, frame_record, index_path, read_index
-from histobag.sources import OpenTFRecord
+from histobag.tile_readers import OpenTFRecord
 from tests.core.bag_helpers import PIXELNET
 from tests.core.toy_models import registered
 

@@ -8,9 +8,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from histobag.data import sample_slide
 from histobag.errors import SlideReadError
 from histobag.slide import WSI
+from histobag.slide.samples import sample_slide
 from histobag.slide.tiff_tiles import TiledTiffLevels
 from histobag.slide.wsi import rgba_to_rgb
 

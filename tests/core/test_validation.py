@@ -177,7 +177,7 @@ def test_generate_feature_bags_write_failure_is_a_storage_error(
     slides, extractor, tmp_path, monkeypatch
 ):
     """A folder that passes the check but refuses the first write (EROFS from the kernel)."""
-    import histobag.bags as bags_module
+    import histobag.bags.generate as bags_module
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")

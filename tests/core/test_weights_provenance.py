@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import histobag
-from histobag.bags_config import differences, make_config, rebuild_from_config
+from histobag.bags.config import differences, make_config, rebuild_from_config
 from histobag.errors import (
     ConfigError,
     ExtractorArgumentError,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from histobag.extractors.spec import IMAGENET_MEAN, IMAGENET_STD
+from histobag.specs import IMAGENET_MEAN, IMAGENET_STD
 
 #: Parity tolerance between histobag and a reference implementation, fp32 on the CPU.
 ATOL = 1e-5

@@ -22,11 +22,11 @@ from timm.models import VisionTransformer
 
 import histobag
 from histobag import ExtractorSpec, Preprocessing
-from histobag.data import sample_slide
+from histobag.bags.read import read_bag
 from histobag.errors import ConfigError, ExtractorArgumentError
 from histobag.extractors.base import ModelBuild
-from histobag.io.bags import read_bag
 from histobag.slide import WSI
+from histobag.slide.samples import sample_slide
 from histobag_noncommercial import gigapath_slide as gs
 from histobag_noncommercial import gigapath_specs, longnet
 from tests.core.toy_models import registered as registered_specs

@@ -9,20 +9,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Registers what ``extractor(wsi)`` and ``extractor("x.tfrecords")`` run (no torch imported).
+from histobag import extraction as _extraction  # noqa: F401
 from histobag._version import __version__
 from histobag.errors import HistobagError
 from histobag.extractors.registry import build_feature_extractor, extractor_info, list_extractors
-from histobag.extractors.spec import ExtractorSpec, Preprocessing
 from histobag.hookspecs import hookimpl
 from histobag.plugins import register_extractor, register_plugin, unregister_plugin
-from histobag.specs import BagWriterSpec, TransformSpec
+from histobag.specs import BagWriterSpec, ExtractorSpec, Preprocessing, TransformSpec
 
 if TYPE_CHECKING:
     from histobag.analysis import DatasetFeatures, Features, Mosaic, SlideMap
+    from histobag.bags.generate import generate_feature_bags
+    from histobag.bags.read import rebuild_extractor
     from histobag.dataset import Dataset
-    from histobag.extractors.base import FeatureExtractor
-    from histobag.io.bags import rebuild_extractor
-    from histobag.models import save_model
+    from histobag.extractors.base import FeatureExtractor, ModelBuild
+    from histobag.extractors.saved import save_model
     from histobag.project import Project
     from histobag.slide import WSI
 
@@ -33,14 +35,14 @@ _LAZY = {
     "WSI": "histobag.slide",
     "Dataset": "histobag.dataset",
     "Project": "histobag.project",
-    "rebuild_extractor": "histobag.io.bags",
-    "generate_feature_bags": "histobag.bags",
+    "rebuild_extractor": "histobag.bags.read",
+    "generate_feature_bags": "histobag.bags.generate",
     "DatasetFeatures": "histobag.analysis",
     "Features": "histobag.analysis",
     "SlideMap": "histobag.analysis",
     "Mosaic": "histobag.analysis",
     "data": "histobag.data",
-    "save_model": "histobag.models",
+    "save_model": "histobag.extractors.saved",
 }
 
 __all__ = [

@@ -9,12 +9,73 @@ from __future__ import annotations
 from histobag.hookspecs import hookimpl
 from histobag.specs import BagWriterSpec, TransformSpec
 
+#: ``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
+#: The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
+#: transforms histobag called ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane``
+#: before, kept so that bags made with them rebuild exactly (see :mod:`histobag.bags.config`).
+BUILTIN_NORMALIZERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "macenko",
+        "histobag.norm.macenko:Macenko",
+        "slideflow's macenko: brightness standardised, then Macenko stain separation.",
+    ),
+    (
+        "macenko_fast",
+        "histobag.norm.macenko:MacenkoFast",
+        "slideflow's macenko_fast: Macenko stain separation without brightness standardisation.",
+    ),
+    (
+        "reinhard",
+        "histobag.norm.reinhard:Reinhard",
+        "slideflow's reinhard: brightness standardised, then L*a*b* mean/std transfer.",
+    ),
+    (
+        "reinhard_fast",
+        "histobag.norm.reinhard:ReinhardFast",
+        "slideflow's reinhard_fast: L*a*b* mean/std transfer without brightness standardisation.",
+    ),
+    (
+        "reinhard_mask",
+        "histobag.norm.reinhard:ReinhardMask",
+        "slideflow's reinhard_mask: as reinhard, statistics and transfer on tissue pixels only.",
+    ),
+    (
+        "reinhard_fast_mask",
+        "histobag.norm.reinhard:ReinhardFastMask",
+        "slideflow's reinhard_fast_mask: as reinhard_fast, on tissue pixels only.",
+    ),
+    (
+        "vahadane",
+        "histobag.norm.vahadane:Vahadane",
+        "slideflow's vahadane (sklearn): sparse non-negative stain separation, no SPAMS.",
+    ),
+    (
+        "legacy_macenko",
+        "histobag.norm.legacy_macenko:LegacyMacenko",
+        "histobag <= 0.1's macenko (slideflow's macenko_fast, within 1 level).",
+    ),
+    (
+        "legacy_reinhard",
+        "histobag.norm.legacy_reinhard:LegacyReinhard",
+        "histobag <= 0.1's reinhard (slideflow's reinhard_fast, within 4 levels).",
+    ),
+    (
+        "legacy_reinhard_mask",
+        "histobag.norm.legacy_reinhard:LegacyReinhardMask",
+        "histobag <= 0.1's reinhard_mask (tissue pixels with L* < 90).",
+    ),
+    (
+        "legacy_vahadane",
+        "histobag.norm.legacy_vahadane:LegacyVahadane",
+        "histobag <= 0.1's vahadane (20 block-coordinate rounds from the Macenko estimate).",
+    ),
+)
+
 
 @hookimpl
 def histobag_transforms() -> list[TransformSpec]:
-    """Macenko, Reinhard (and its tissue-masked variant) and Vahadane, as torch ops."""
-    from histobag.norm import BUILTIN_NORMALIZERS
-
+    """Slideflow's stain normalizers (Macenko, Reinhard, Vahadane and variants) and the
+    ``legacy_*`` transforms of histobag 0.1."""
     return [
         TransformSpec(name, target, description=text) for name, target, text in BUILTIN_NORMALIZERS
     ]
@@ -26,17 +87,17 @@ def histobag_bag_writers() -> list[BagWriterSpec]:
     return [
         BagWriterSpec(
             "pt",
-            "histobag.io.bags:PtBagWriter",
+            "histobag.io.bag_writers:PtBagWriter",
             description="<slide>.pt float32 (N, F) + <slide>.index.npz (slideflow)",
         ),
         BagWriterSpec(
             "h5",
-            "histobag.io.bags:H5BagWriter",
+            "histobag.io.bag_writers:H5BagWriter",
             description="<slide>.h5 with features and coords (CLAM/TRIDENT)",
         ),
         BagWriterSpec(
             "safetensors",
-            "histobag.io.bags:SafetensorsBagWriter",
+            "histobag.io.bag_writers:SafetensorsBagWriter",
             description="<slide>.safetensors with features and coords",
         ),
     ]

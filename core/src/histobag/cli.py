@@ -248,7 +248,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash a bags folder's bags; exit 1 when any is damaged, missing or unrecorded."""
-    from histobag.integrity import verify_bags
+    from histobag.bags.manifest import verify_bags
 
     report = verify_bags(args.outdir)
     if args.json:

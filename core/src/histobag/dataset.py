@@ -15,7 +15,7 @@ from histobag.naming import safe_name
 if TYPE_CHECKING:
     import pandas as pd
 
-    from histobag.bags import BagRunReport
+    from histobag.bags.generate import BagRunReport
     from histobag.slide import WSI
     from histobag.slide.magnification import TileUm
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+from histobag.analysis.dataset_features import DatasetFeatures
+from histobag.analysis.mosaic import Mosaic
+from histobag.analysis.slidemap import SlideMap
+from histobag.analysis.tiles import tile_source_for
 from histobag.errors import WeightsError
 from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor, list_extractors
+from histobag.project import Project
+from histobag.slide.samples import sample_slide
 
 TILE_PX = 224
 TILE_UM = 112
@@ -43,9 +50,6 @@ def load_extractor(name: str, tile_px: int = TILE_PX) -> tuple[Any, bool]:
 
 def make_demo_project(root: Path) -> Any:
     """A project of sample slides (two labelled classes) under ``root``, made once."""
-    from histobag.data import sample_slide
-    from histobag.project import Project
-
     slides = root / "slides"
     slides.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(SLIDES):
@@ -87,8 +91,6 @@ def run_demo(extractor: str = "resnet18_imagenet", outdir: str | Path = "histoba
     print(report.summary())
 
     _banner("Analysis: UMAP slide map, mosaic map, statistics")
-    from histobag.analysis.demo import demo_analysis
-
     for path in demo_analysis(project, report.outdir, project.results_dir / "analysis"):
         print(f"  {path}")
 
@@ -99,3 +101,45 @@ def run_demo(extractor: str = "resnet18_imagenet", outdir: str | Path = "histoba
     print(f"  run report:    {report.outdir / 'run_report.json'}")
     print(f"  weights:       {'pretrained' if pretrained else 'RANDOM (recorded in the config)'}")
     return 0 if report.ok else 1
+
+
+def demo_analysis(
+    project: Any,
+    bags_dir: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    *,
+    outcome: str = "label",
+    num_tiles_x: int = 24,
+) -> list[Path]:
+    """Analyse the demo bags: UMAP plot and mosaic map labelled by ``outcome``, tile- and
+    slide-level statistics and a box plot of the most different feature.
+
+    Args:
+        project: The demo :class:`histobag.Project` (slides and annotations).
+        bags_dir: Its bags folder.
+        outdir: Where the figures and tables go (created).
+        outcome: Annotation column labelling the slides.
+        num_tiles_x: Mosaic grid cells across.
+
+    Returns:
+        The files written: ``umap.png``, ``mosaic.png``, ``slide_stats.csv``,
+        ``tile_stats.csv``, ``box_plot_<n>.png``.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    features = DatasetFeatures.from_bags(bags_dir)
+    dataset = project.dataset(features.tile_px, features.tile_um)
+    features.label_slides(dataset.labels(outcome))
+    smap = SlideMap.from_features(features, umap_cache=outdir / "umap_cache.npz")
+    paths = [smap.save(outdir / "umap.png", title=f"UMAP of tile features, by {outcome}")]
+    mosaic = Mosaic(
+        smap,
+        tile_source_for(dataset, coordinates=features.coordinates),
+        num_tiles_x=num_tiles_x,
+        expanded=True,
+    )
+    paths.append(mosaic.save(outdir / "mosaic.png"))
+    _, slide_stats = features.stats(outdir)
+    paths += [outdir / "slide_stats.csv", outdir / "tile_stats.csv"]
+    paths += features.box_plots(int(slide_stats["feature"].iloc[0]), outdir)
+    return paths

@@ -38,16 +38,16 @@ import torch.utils.data
 
 from histobag.assembly import FeatureRows, TileLedger
 from histobag.errors import HistobagError, StorageError, TileAccountingError
-from histobag.files import storage_error
+from histobag.files import TMP_PREFIX, storage_error
+from histobag.geometry import TileGeometry
 from histobag.heap import HeapTrimmer
-from histobag.io.bags import TMP_PREFIX, TileGeometry
 from histobag.validation import check_batch_size, check_num_workers, positive_int
 
 if TYPE_CHECKING:
     from histobag.extractors.base import FeatureExtractor
 
 
-class TileSource(Protocol):
+class TileReader(Protocol):
     """What the engine reads tiles from (a :class:`~histobag.slide.WSI`, a TFRecord...)."""
 
     def __len__(self) -> int:
@@ -68,7 +68,7 @@ class Job:
     """
 
     key: str
-    open: Callable[[], tuple[TileSource, np.ndarray, TileGeometry]]
+    open: Callable[[], tuple[TileReader, np.ndarray, TileGeometry]]
 
 
 @dataclass
@@ -149,7 +149,7 @@ class TileStream(torch.utils.data.IterableDataset):
                 close()
 
     def _slide_batches(
-        self, job: Job, j: int, source: TileSource, chunks: list[int]
+        self, job: Job, j: int, source: TileReader, chunks: list[int]
     ) -> Iterator[tuple[Any, ...]]:
         """Read ``chunks`` of a slide, drop tiles failing the pixel filters, and yield full
         batches of kept tiles, each with the indices filtered out since the previous one.
@@ -189,7 +189,7 @@ class TileStream(torch.utils.data.IterableDataset):
             yield ("batch", j, all_idx, torch.from_numpy(tiles), rest_filtered)
 
 
-def _read_chunk(job: Job, source: TileSource, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_chunk(job: Job, source: TileReader, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tiles and keep-mask of ``idx``, checked to be one tile and one flag per index."""
     tiles, kept = source.read_tiles(idx, return_mask=True)
     tiles, kept = np.asarray(tiles), np.asarray(kept)
@@ -512,7 +512,7 @@ def _to_device_batch(tiles: torch.Tensor, device: torch.device, normalizer: Any)
 
 
 # ------------------------------------------------------------------------------------------
-# Sinks and entry points used by FeatureExtractor.__call__
+# Sinks
 # ------------------------------------------------------------------------------------------
 
 
@@ -536,68 +536,3 @@ class CollectSink:
         if key in self.failures:
             raise HistobagError(f"Feature extraction failed for {key}: {self.failures[key]}")
         return self.results[key]
-
-
-def features_from_wsi(
-    extractor: FeatureExtractor,
-    wsi: Any,
-    *,
-    batch_size: int = 32,
-    num_workers: int | str = "auto",
-    normalizer: Any = None,
-) -> np.ma.MaskedArray:
-    """Features of every tile of ``wsi`` as a masked array (rows, cols, F).
-
-    Axis 0 is the grid row (y), axis 1 the grid column (x); positions without a feature
-    (background, ROI-excluded, or removed by the grayspace/whitespace filters) are masked.
-    """
-    from histobag.sources import ExistingWSI
-
-    sink = CollectSink()
-    run(
-        extractor,
-        [Job("wsi", ExistingWSI(wsi))],
-        sink,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        normalizer=normalizer,
-    )
-    result = sink.single("wsi")
-    rows, cols = wsi.grid.shape
-    n_features = result.features.shape[1] if len(result.features) else extractor.num_features
-    out = np.ma.masked_all((rows, cols, n_features), dtype=np.float32)
-    if len(result.features):
-        r, c = result.grid_index.T
-        out[r, c] = result.features
-    return out
-
-
-def features_from_tfrecord(
-    extractor: FeatureExtractor,
-    path: str | os.PathLike[str],
-    *,
-    batch_size: int = 32,
-    num_workers: int | str = "auto",
-    normalizer: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features float32 (N, F), coords int64 (N, 2)) for every record of a TFRecord.
-
-    Coordinates are the records' ``loc_x``, ``loc_y``: level-0 tile centres, as slideflow
-    writes them.
-    """
-    from histobag.sources import OpenTFRecord
-
-    sink = CollectSink()
-    run(
-        extractor,
-        [Job("tfrecord", OpenTFRecord(str(path)))],
-        sink,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        normalizer=normalizer,
-    )
-    result = sink.single("tfrecord")
-    features = result.features
-    if not len(features):
-        features = np.zeros((0, extractor.num_features), dtype=np.float32)
-    return torch.from_numpy(features), torch.from_numpy(result.top_left)

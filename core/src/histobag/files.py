@@ -1,4 +1,10 @@
-"""Writing files safely: storage failures as one clear error, free-space checks, file digests.
+"""Writing files safely: atomic writes, storage failures as one clear error, free space, digests.
+
+Every file histobag writes (bags, configurations, TFRecords and their indexes, ``project.json``,
+sample slides, saved models, caches, figures) is written under a temporary name starting with
+:data:`TMP_PREFIX` in the destination folder and renamed into place when complete, through
+:func:`atomic_files` and the helpers built on it (DESIGN principle 5). A file therefore exists
+only when it is whole, and :func:`remove_stale_temporaries` cleans what an interrupted run left.
 
 A full disk, a read-only mount or a folder without write permission shows up in many shapes:
 ``OSError(ENOSPC)`` from ``write``, ``EROFS`` from ``open``, a ``RuntimeError`` from a library
@@ -13,14 +19,27 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from histobag.errors import StorageError
 
 __all__ = [
     "STORAGE_ERRNOS",
+    "TMP_PREFIX",
+    "AtomicFile",
+    "atomic_files",
+    "atomic_path",
+    "remove_stale_temporaries",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
     "format_bytes",
     "free_bytes",
     "pwrite_all",
@@ -32,6 +51,10 @@ __all__ = [
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 )
+
+#: Prefix of every temporary file; never a finished file, removed by
+#: :func:`remove_stale_temporaries`.
+TMP_PREFIX = ".histobag-tmp-"
 
 
 def format_bytes(n: int | float) -> str:
@@ -121,3 +144,115 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def temporary_beside(final: Path) -> Path:
+    """Create and return an empty temporary file in ``final``'s folder (created if needed)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_files(finals: list[Path], needed_bytes: int | None = None) -> Iterator[list[Path]]:
+    """Temporary paths for several files, renamed in order when the block succeeds.
+
+    The last file is renamed last, so it can mark the set as complete (a bag's main file).
+    Any failure removes the temporaries; one that amounts to a full disk, a read-only folder
+    or a permission problem is raised as :class:`~histobag.errors.StorageError`.
+
+    Args:
+        finals: The files to create or replace.
+        needed_bytes: About how large the files will be, for the message of a
+            ``StorageError`` if the folder cannot take them.
+    """
+    tmps: list[Path] = []
+    try:
+        try:
+            for final in finals:
+                tmps.append(temporary_beside(Path(final)))
+            yield tmps
+            for tmp, final in zip(tmps, finals):
+                os.replace(tmp, final)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        # Checked after the temporaries are gone, so the free space is what it was before.
+        error = storage_error(exc, Path(finals[0]).parent, needed_bytes)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike[str], needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` if the block succeeds."""
+    with atomic_files([Path(final)], needed_bytes) as (tmp_path,):
+        yield tmp_path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    with atomic_path(path, len(data)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns ``path``."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically; returns ``path``."""
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+class AtomicFile:
+    """A file written as a stream and renamed into place by :meth:`commit`.
+
+    For writers that cannot hold the whole file in memory (TFRecords). Until :meth:`commit`
+    the data lives under a temporary name; :meth:`abort` (or a failed commit) removes it.
+    """
+
+    def __init__(self, final: str | os.PathLike[str]) -> None:
+        self.final = Path(final)
+        self.tmp = temporary_beside(self.final)
+        self.handle: IO[bytes] | None = self.tmp.open("wb")
+
+    def commit(self) -> Path:
+        """Flush to disk and rename into place; returns the final path."""
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return self.final
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(self.tmp, self.final)
+        except Exception as exc:
+            handle.close()
+            self.tmp.unlink(missing_ok=True)
+            error = storage_error(exc, self.final.parent)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+        return self.final
+
+    def abort(self) -> None:
+        """Discard everything written; the final path is left as it was."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
+    removed = 0
+    for stale in Path(folder).glob(TMP_PREFIX + "*"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed

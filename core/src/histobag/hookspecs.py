@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from histobag.extractors.spec import ExtractorSpec
-    from histobag.specs import BagWriterSpec, TransformSpec
+    from histobag.specs import BagWriterSpec, ExtractorSpec, TransformSpec
 
 PROJECT_NAME = "histobag"
 
@@ -69,6 +68,6 @@ def histobag_transforms() -> list[TransformSpec]:
 def histobag_bag_writers() -> list[BagWriterSpec]:
     """Return the feature-bag file formats this pack can write.
 
-    Each :class:`BagWriterSpec` names a :class:`histobag.io.bags.BagWriter` subclass; users
+    Each :class:`BagWriterSpec` names a :class:`histobag.io.bag_writers.BagWriter` subclass; users
     select it with ``writer=<name>``. Core registers ``pt``, ``h5`` and ``safetensors``.
     """

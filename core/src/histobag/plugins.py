@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from histobag import hookspecs
+from histobag import builtin, hookspecs
+from histobag._version import __version__
 from histobag.errors import DuplicateExtractorError, PluginError
-from histobag.extractors.spec import ExtractorSpec
+from histobag.specs import ExtractorSpec
 
 GROUP = "histobag"
 IN_PROCESS = "<in-process>"
@@ -70,10 +71,8 @@ _state = _State()
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
-    from histobag import builtin
-
     manager.register(builtin, name="histobag.builtin")
-    _state.providers[id(builtin)] = _Provider("histobag", _core_version())
+    _state.providers[id(builtin)] = _Provider("histobag", __version__)
     for ep in entry_points(group=GROUP):
         dist = ep.dist.name if ep.dist else ep.value
         version = ep.dist.version if ep.dist else ""
@@ -87,12 +86,6 @@ def _new_manager() -> pluggy.PluginManager:
             continue
         _state.providers[id(plugin)] = _Provider(dist, version)
     return manager
-
-
-def _core_version() -> str:
-    from histobag import __version__
-
-    return __version__
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -227,7 +220,7 @@ def bag_writer_specs() -> dict[str, Any]:
     return _cached("writers", lambda: _collect("histobag_bag_writers", "bag writer"))
 
 
-def resolve_extractor(name: str) -> ExtractorSpec | None:
+def resolve_extractor_spec(name: str) -> ExtractorSpec | None:
     """Ask packs that build model families by pattern whether they know ``name``."""
     manager = get_plugin_manager()
     for impl in reversed(manager.hook.histobag_resolve_extractor.get_hookimpls()):

@@ -29,7 +29,7 @@ from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, format_tile_um
 
 if TYPE_CHECKING:
-    from histobag.bags import BagRunReport
+    from histobag.bags.generate import BagRunReport
 
 __all__ = ["PROJECT_FILE", "Project"]
 
@@ -241,7 +241,7 @@ class Project:
                 f"{type(dataset).__name__}."
             )
         if outdir == "auto":
-            from histobag.models import is_saved_model
+            from histobag.extractors.saved import is_saved_model
 
             if isinstance(extractor, str):
                 tag = Path(extractor).name if is_saved_model(extractor) else extractor

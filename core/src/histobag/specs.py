@@ -1,15 +1,204 @@
-"""Specs for the two smaller plugin kinds: transforms and bag writers.
+"""Plugin specs: plain data describing what a pack provides, before anything is built.
 
-Like :class:`~histobag.extractors.spec.ExtractorSpec`, they are plain data whose factory is a
-``"module:attr"`` string imported only when used.
+:class:`ExtractorSpec` (a feature extractor), :class:`TransformSpec` (a stain normalizer) and
+:class:`BagWriterSpec` (a bag file format). Each names its factory as a ``"module:attr"`` string
+imported only when used, so listing never imports torch or model code (DESIGN principle 1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from histobag.extractors.spec import import_object
+from histobag.errors import PluginError
+
+#: Interpolation modes accepted by :class:`Preprocessing` (torchvision's names).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's default tile preprocessing, applied on the device to uint8 tiles.
+
+    The pipeline is: convert to float in [0, 1], then center-crop and resize (crop first
+    unless ``resize_first``), then normalise with ``mean``/``std``.
+
+    Attributes:
+        resize: Target size of the shorter side, or ``None`` for no resize.
+        center_crop: Side of the square center crop, or ``None`` for no crop.
+        resize_first: Resize before cropping (e.g. GigaPath: resize 256, crop 224).
+        interpolation: One of ``"nearest"``, ``"bilinear"``, ``"bicubic"``.
+        antialias: Antialias when downsampling.
+        mean: Per-channel normalisation mean (RGB, on the [0, 1] scale).
+        std: Per-channel normalisation standard deviation.
+    """
+
+    resize: int | None = None
+    center_crop: int | None = None
+    resize_first: bool = False
+    interpolation: str = "bilinear"
+    antialias: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ValueError(f"{name} needs three values (R, G, B), got {value!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    def replace(self, **changes: Any) -> Preprocessing:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as recorded in ``bags_config.json``."""
+        out = dataclasses.asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+    def describe(self) -> str:
+        """One line per step, in the order they run; needs no torch."""
+        steps = ["to float in [0, 1]"]
+        crop = f"center crop {self.center_crop}" if self.center_crop else None
+        aa = ", antialias" if self.antialias else ""
+        resize = f"resize {self.resize} ({self.interpolation}{aa})" if self.resize else None
+        ordered = [resize, crop] if self.resize_first else [crop, resize]
+        steps += [s for s in ordered if s]
+        steps.append(f"normalize mean={list(self.mean)} std={list(self.std)}")
+        return "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """What a pack declares about one feature extractor.
+
+    Attributes:
+        name: Registered name, e.g. ``"ctranspath"``; what users pass to
+            :func:`histobag.build_feature_extractor`.
+        factory: ``"module:attr"`` of a callable ``factory(spec, **model_kwargs)`` returning a
+            :class:`histobag.extractors.ModelBuild` (or a bare ``torch.nn.Module``). Imported
+            only when the model is built. In-process registrations (scripts) may pass the
+            callable itself.
+        license: SPDX identifier of the weights' licence (e.g. ``"GPL-3.0-only"``).
+        license_url: Where the licence text lives.
+        citation: BibTeX entry users should cite.
+        num_features: Length of the embedding (may be ``None`` when it depends on arguments).
+        input_size: Side of the square input the network expects, in pixels.
+        preprocessing: Default preprocessing, matching the official pipeline.
+        description: One line shown by ``histobag list``/``info``.
+        aliases: Other names that resolve to this spec.
+        tags: Free-form labels used for filtering (``foundation``, ``imagenet``, ``ssl``...).
+        hf_repo: Hugging Face repository of the official weights, if any.
+        hf_filename: File inside ``hf_repo``.
+        hf_revision: Pinned revision (branch, tag or commit); ``None`` means the default branch.
+        gated: Whether ``hf_repo`` needs approval on its model page.
+        sha256: Digest of the official checkpoint; a different file triggers a warning.
+        checkpoint_keys: Nesting keys unwrapped from a loaded checkpoint, tried in order
+            (e.g. ``("model",)`` for ``{'model': state_dict}``).
+        weights_required: If False the model is usable without weights (e.g. it has none).
+        autocast_dtype: ``"bfloat16"`` or ``"float16"``, the reduced precision used on CUDA.
+        model_kwargs: Keyword arguments the factory accepts (validated before building).
+        required_kwargs: Those of ``model_kwargs`` that must be given.
+        distribution: Distribution that registered this spec (filled in by the plugin manager).
+        version: That distribution's version (filled in by the plugin manager).
+    """
+
+    name: str
+    factory: str | Callable[..., Any]
+    license: str
+    citation: str = ""
+    license_url: str = ""
+    num_features: int | None = None
+    input_size: int = 224
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    hf_repo: str | None = None
+    hf_filename: str | None = None
+    hf_revision: str | None = None
+    gated: bool = False
+    sha256: str | None = None
+    checkpoint_keys: tuple[str, ...] = ()
+    weights_required: bool = True
+    autocast_dtype: str = "bfloat16"
+    model_kwargs: tuple[str, ...] = ()
+    required_kwargs: tuple[str, ...] = ()
+    distribution: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factory, str) and ":" not in self.factory:
+            raise PluginError(
+                f"Extractor {self.name!r}: factory must be a 'module:attr' string, "
+                f"got {self.factory!r}"
+            )
+        if not isinstance(self.factory, str) and not callable(self.factory):
+            raise PluginError(f"Extractor {self.name!r}: factory must be a 'module:attr' string")
+        if self.autocast_dtype not in ("bfloat16", "float16"):
+            raise PluginError(
+                f"Extractor {self.name!r}: autocast_dtype must be 'bfloat16' or 'float16'"
+            )
+        for name in ("aliases", "tags", "checkpoint_keys", "model_kwargs", "required_kwargs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def replace(self, **changes: Any) -> ExtractorSpec:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def pack(self) -> str:
+        """The providing distribution, or ``"<in-process>"`` for script registrations."""
+        return self.distribution or "<in-process>"
+
+    @property
+    def weights_url(self) -> str | None:
+        """The model page of the official weights on Hugging Face, if any."""
+        return f"https://huggingface.co/{self.hf_repo}" if self.hf_repo else None
+
+    def load_factory(self) -> Callable[..., Any]:
+        """Import and return the factory callable."""
+        if not isinstance(self.factory, str):
+            return self.factory
+        return import_object(self.factory, what=f"factory of extractor {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (used by ``histobag info --json`` and the docs)."""
+        out = dataclasses.asdict(self)
+        out["preprocessing"] = self.preprocessing.to_dict()
+        if not isinstance(self.factory, str):
+            out["factory"] = f"{self.factory.__module__}:{self.factory.__qualname__}"
+        for key in ("aliases", "tags", "checkpoint_keys", "model_kwargs", "required_kwargs"):
+            out[key] = list(out[key])
+        return out
+
+
+def import_object(path: str, *, what: str) -> Any:
+    """Import ``"package.module:attr.sub"`` and return the object, with a helpful error."""
+    module_name, _, attr_path = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr_path.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(
+            f"Could not import the {what} ({path!r}): {exc}. "
+            "Reinstall the pack that provides it, or check its dependencies."
+        ) from exc
+    return obj
+
 
 #: Kinds of transform a pack can register.
 TRANSFORM_KINDS = ("stain_normalizer", "tile_transform")
@@ -44,7 +233,7 @@ class BagWriterSpec:
 
     Attributes:
         name: Registered name used as ``writer=``, e.g. ``"h5"``.
-        factory: ``"module:attr"`` of a :class:`histobag.io.bags.BagWriter` subclass.
+        factory: ``"module:attr"`` of a :class:`histobag.io.bag_writers.BagWriter` subclass.
         description: One line for listings.
         distribution: Providing distribution (filled in by the plugin manager).
     """

@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from histobag import validation
-from histobag.bags import (
+from histobag.bags.config import make_config
+from histobag.bags.generate import (
     BagRunReport,
     BagSink,
+    build_extractor_for_run,
+    build_normalizer_for_run,
     prepare_bags_folder,
-    resolve_extractor,
-    resolve_normalizer,
     slide_jobs,
 )
-from histobag.bags_config import make_config
 from histobag.engine import CollectSink, SlideResult, run
 from histobag.errors import HistobagError
-from histobag.io.bags import get_writer
+from histobag.io.bag_writers import get_writer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +42,7 @@ class DatasetFeatures:
 
     Args:
         extractor: A registered extractor name, a saved model folder (see
-            :func:`histobag.models.save_model`; its logits are kept in :attr:`logits`) or a
+            :func:`histobag.save_model`; its logits are kept in :attr:`logits`) or a
             built extractor.
         dataset: A :class:`histobag.Dataset`.
         annotations: Labels for statistics and plots: a dict slide → label, or
@@ -83,7 +83,7 @@ class DatasetFeatures:
             saved_normalizer,
             split_logits,
         )
-        from histobag.models import is_saved_model
+        from histobag.extractors.saved import is_saved_model
 
         batch_size = validation.check_batch_size(batch_size)
         num_workers = validation.check_num_workers(num_workers)
@@ -96,11 +96,11 @@ class DatasetFeatures:
             )
         elif layers is not None:
             extractor = load_model_extractor(extractor, layers=layers, tile_px=dataset.tile_px)
-        self.extractor = resolve_extractor(extractor, dataset.tile_px)
+        self.extractor = build_extractor_for_run(extractor, dataset.tile_px)
         if isinstance(normalizer, str) and normalizer == "auto":
             self.normalizer = saved_normalizer(self.extractor)
         else:
-            self.normalizer = resolve_normalizer(normalizer)
+            self.normalizer = build_normalizer_for_run(normalizer)
         self.dataset = dataset
         jobs = slide_jobs(dataset, "auto", max_tiles)
         missing = {key: job for key, job in jobs if isinstance(job, str)}
@@ -151,8 +151,8 @@ class DatasetFeatures:
         The extractor is not rebuilt (:attr:`extractor` is None); :attr:`config` holds the
         folder's configuration and :attr:`coordinates` the bags' coordinate convention.
         """
-        from histobag.bags_config import read_config
-        from histobag.io.bags import read_bag
+        from histobag.bags.config import read_config
+        from histobag.bags.read import read_bag
 
         folder = Path(bags_dir)
         config = read_config(folder)
@@ -304,7 +304,7 @@ class DatasetFeatures:
 
     def to_csv(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Write :meth:`to_df` as CSV (atomically); keyword arguments go to :meth:`to_df`."""
-        from histobag.io.bags import atomic_path
+        from histobag.files import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -359,7 +359,7 @@ class DatasetFeatures:
         }
         slide_df = feature_tests(slide_groups, test)
         if outdir is not None:
-            from histobag.io.bags import atomic_path
+            from histobag.files import atomic_path
 
             outdir = Path(outdir)
             outdir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from histobag.errors import ExtractorArgumentError
+from histobag.extraction import features_from_wsi, is_wsi
 
 __all__ = ["Features", "load_model_extractor", "split_logits"]
 
@@ -27,7 +28,7 @@ def load_model_extractor(
     """A :class:`FeatureExtractor` from a saved-model folder, a registered name or a built one.
 
     Args:
-        model: Saved model folder (see :func:`histobag.models.save_model`), registered
+        model: Saved model folder (see :func:`histobag.extractors.saved.save_model`), registered
             extractor name, or a built extractor (returned as it is).
         layers: Layer name(s) to take activations from (saved models, and registered models
             that accept ``layers=``, e.g. the ImageNet ones).
@@ -35,7 +36,7 @@ def load_model_extractor(
         tile_px: Tile size, for registered models that need it.
         **kwargs: Passed to the builder (``device``, ``mixed_precision``...).
     """
-    from histobag.models import extractor_from_saved_model, is_saved_model
+    from histobag.extractors.saved import extractor_from_saved_model, is_saved_model
 
     if not isinstance(model, (str, os.PathLike)):
         if layers not in _DEFAULT_LAYERS or include_logits:
@@ -78,7 +79,7 @@ def saved_normalizer(extractor: Any) -> Any:
     config = (getattr(extractor, "extra", None) or {}).get("config") or {}
     if not config.get("normalizer"):
         return None
-    from histobag.bags_config import build_normalizer
+    from histobag.bags.config import build_normalizer
 
     return build_normalizer(config["normalizer"])
 
@@ -123,7 +124,7 @@ class Features:
         if normalizer == "auto":
             self.normalizer = saved_normalizer(self.extractor)
         else:
-            from histobag.bags import resolve_normalizer
+            from histobag.bags.generate import build_normalizer_for_run as resolve_normalizer
 
             self.normalizer = resolve_normalizer(normalizer)
         self.batch_size = batch_size
@@ -145,9 +146,7 @@ class Features:
             For a WSI: a masked float32 grid (rows, cols, F) (background tiles masked), or
             ``(activations, logits)`` grids with ``include_logits``.
         """
-        if type(obj).__name__ == "WSI" and hasattr(obj, "read_tiles"):
-            from histobag.engine import features_from_wsi
-
+        if is_wsi(obj):
             grid = features_from_wsi(
                 self.extractor,
                 obj,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histobag.analysis.grid import GridAssignment, assign_grid
+from histobag.analysis.mosaic_grid import GridAssignment, assign_grid
 from histobag.analysis.plots import is_continuous
 from histobag.errors import HistobagError
 
@@ -46,7 +46,7 @@ class Mosaic:
         borders: Frame each tile in its label's colour (when the map is labelled).
 
     Attributes:
-        grid: The :class:`~histobag.analysis.grid.GridAssignment` (cell → point).
+        grid: The :class:`~histobag.analysis.mosaic_grid.GridAssignment` (cell → point).
         missing: Points whose image could not be read (their cells stay empty).
     """
 

@@ -24,7 +24,7 @@ def new_figure(figsize: tuple[float, float] = (6, 6), dpi: int = 100) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], **kwargs: object) -> Path:
     """Save ``fig`` atomically (temporary name, then rename) and return the path."""
-    from histobag.io.bags import atomic_path
+    from histobag.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

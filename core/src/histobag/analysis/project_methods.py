@@ -45,7 +45,7 @@ def generate_features(
             ``max_tiles``, ``normalizer``, ``annotations``...).
     """
     from histobag.analysis.dataset_features import DatasetFeatures
-    from histobag.models import is_saved_model, read_model_config
+    from histobag.extractors.saved import is_saved_model, read_model_config
 
     if dataset is None:
         if not (isinstance(model, (str, os.PathLike)) and is_saved_model(model)):

@@ -110,7 +110,7 @@ def umap_embedding(
             coords = reducer.fit_transform(features)
     coords = np.asarray(coords, dtype=np.float32)
     if umap_cache is not None:
-        from histobag.io.bags import atomic_path
+        from histobag.files import atomic_path
 
         with atomic_path(Path(umap_cache)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, coords=coords, hash=np.asarray(key))
@@ -525,7 +525,7 @@ class SlideMap:
 
     def save_coords(self, path: str | os.PathLike[str]) -> Path:
         """Write the points (and logits) as ``.npz`` or ``.parquet`` (never a pickle)."""
-        from histobag.io.bags import atomic_path
+        from histobag.files import atomic_path
 
         path = Path(path)
         columns = {c: self.data[c].to_numpy() for c in self.data.columns}

@@ -1,20 +1,18 @@
 """Extractor specs, the registry, and the ``FeatureExtractor`` wrapper.
 
-Importing this package imports no torch; :class:`FeatureExtractor` and :class:`ModelBuild`
-are loaded on first access.
+Importing this package imports no torch (models are built, and torch imported, on demand).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from histobag.extractors.base import FeatureExtractor, ModelBuild
 from histobag.extractors.registry import (
     RANDOM_WEIGHTS,
     build_feature_extractor,
     extractor_info,
     list_extractors,
 )
-from histobag.extractors.spec import ExtractorSpec, Preprocessing
+from histobag.specs import ExtractorSpec, Preprocessing
 
 __all__ = [
     "RANDOM_WEIGHTS",
@@ -26,11 +24,3 @@ __all__ = [
     "extractor_info",
     "list_extractors",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("FeatureExtractor", "ModelBuild"):
-        from histobag.extractors import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module 'histobag.extractors' has no attribute {name!r}")

@@ -6,12 +6,12 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag.errors import ExtractorArgumentError
+from histobag.extractors.inputs import find_input_handler
 from histobag.extractors.preprocess import build_transform, output_size, to_batch
-from histobag.extractors.spec import ExtractorSpec, Preprocessing
+from histobag.specs import ExtractorSpec, Preprocessing
 
 if TYPE_CHECKING:
     import torch
@@ -88,17 +88,6 @@ def _prefers_channels_last(model: torch.nn.Module) -> bool:
 
     convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     return convs >= 8
-
-
-def default_device() -> torch.device:
-    """CUDA when available, then Apple MPS, else the CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class FeatureExtractor:
@@ -223,14 +212,9 @@ class FeatureExtractor:
         A batch gives a float32 tensor (B, num_features). See the slide and TFRecord guides
         for what a WSI and a TFRecord path return.
         """
-        if isinstance(obj, (str, Path)) and str(obj).endswith(".tfrecords"):
-            from histobag.engine import features_from_tfrecord
-
-            return features_from_tfrecord(self, obj, **kwargs)
-        if type(obj).__name__ == "WSI" and hasattr(obj, "read_tiles"):
-            from histobag.engine import features_from_wsi
-
-            return features_from_wsi(self, obj, **kwargs)
+        handler = find_input_handler(obj)
+        if handler is not None:
+            return handler.extract(self, obj, **kwargs)
         if kwargs:
             raise ExtractorArgumentError(
                 f"Unexpected keyword arguments for a batch: {', '.join(sorted(kwargs))}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from histobag.errors import ExtractorArgumentError
-from histobag.extractors.spec import INTERPOLATIONS, Preprocessing
+from histobag.specs import INTERPOLATIONS, Preprocessing
 
 if TYPE_CHECKING:
     import torch

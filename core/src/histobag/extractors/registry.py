@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import os
 import warnings
@@ -17,25 +16,19 @@ from histobag.errors import (
     WeightsError,
     WeightsNotFoundError,
 )
+from histobag.extractors import weights as wt
+from histobag.extractors.base import FeatureExtractor, ModelBuild
 from histobag.extractors.catalogue import KNOWN_ELSEWHERE
-from histobag.extractors.spec import ExtractorSpec
+from histobag.extractors.device import resolve_device
+from histobag.extractors.preprocess import resolve_preprocessing
+from histobag.extractors.saved import extractor_from_saved_model, is_saved_model
+from histobag.specs import ExtractorSpec
 
 if TYPE_CHECKING:
     import torch
 
-    from histobag.extractors.base import FeatureExtractor
-
 #: Pass as ``weights=`` to keep a model's random initialisation (tests, demos without network).
 RANDOM_WEIGHTS = "random"
-
-_PREPROCESSING_ARGS = (
-    "resize",
-    "center_crop",
-    "interpolation",
-    "antialias",
-    "norm_mean",
-    "norm_std",
-)
 
 
 class WeightsMismatchWarning(UserWarning):
@@ -84,7 +77,7 @@ def extractor_info(name: str) -> ExtractorSpec:
             histobag knows but whose pack is missing.
     """
     table = _aliases()
-    spec = table.get(name.lower()) or plugins.resolve_extractor(name)
+    spec = table.get(name.lower()) or plugins.resolve_extractor_spec(name)
     if spec is not None:
         return spec
     message = f"No installed extractor is called {name!r}."
@@ -118,55 +111,6 @@ def _check_kwargs(spec: ExtractorSpec, model_kwargs: dict[str, Any]) -> None:
             f"{spec.name} needs {', '.join(f'{k}=...' for k in missing)} "
             f"(e.g. build_feature_extractor({spec.name!r}, {missing[0]}=224))."
         )
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device`` this machine has (the default device for ``None``).
-
-    Raises:
-        ExtractorArgumentError: ``device`` is not a device name, or names a device this
-            machine does not have (e.g. ``"cuda"`` without a GPU, ``"cuda:3"`` with two).
-    """
-    import torch
-
-    from histobag.extractors.base import default_device
-
-    if device is None:
-        return default_device()
-    usage = "Pass e.g. device='cuda', 'cuda:1', 'mps' or 'cpu', or leave it unset"
-    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
-        raise ExtractorArgumentError(f"device must be a device name, not {device!r}. {usage}.")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ExtractorArgumentError(f"Unknown device {device!r} ({detail}). {usage}.") from None
-    if not _device_available(resolved):
-        raise ExtractorArgumentError(
-            f"device {device!r} is not available on this machine. {usage} (the default is "
-            f"{default_device()} here)."
-        )
-    return resolved
-
-
-def _device_available(device: torch.device) -> bool:
-    """Whether this machine can run a model on ``device`` (an index must exist too)."""
-    import torch
-
-    if device.type == "cpu":
-        return True
-    if device.type == "meta":  # holds no values: nothing to compute features on
-        return False
-    if device.type == "mps":
-        return bool(torch.backends.mps.is_available())
-    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...
-    is_available = getattr(backend, "is_available", None)
-    if not callable(is_available):
-        return True  # a backend torch knows by name only: let it decide when moving there
-    if not is_available():
-        return False
-    count = getattr(backend, "device_count", None)
-    return device.index is None or not callable(count) or device.index < count()
 
 
 def _check_common_args(
@@ -261,8 +205,6 @@ def build_feature_extractor(
             is a ``WeightsNotFoundError``, also a ``FileNotFoundError``; keys, shapes or
             dtypes that do not fit are a ``CheckpointMismatchError``).
     """
-    from histobag.models import extractor_from_saved_model, is_saved_model
-
     _check_common_args(weights, mixed_precision, antialias, norm_mean, norm_std)
     if is_saved_model(name):  # a folder written by histobag.save_model
         return extractor_from_saved_model(
@@ -279,12 +221,9 @@ def build_feature_extractor(
             **model_kwargs,
         )
 
-    from histobag.extractors.base import FeatureExtractor, ModelBuild
-    from histobag.extractors.preprocess import resolve_preprocessing
-
     spec = extractor_info(name)
     _check_kwargs(spec, model_kwargs)
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     factory = spec.load_factory()
     build = factory(spec, **model_kwargs)
     if not isinstance(build, ModelBuild):
@@ -335,8 +274,6 @@ def _load_weights(
         (sha256, where they came from, the local checkpoint file as an absolute resolved path
         when the user passed one, else None).
     """
-    from histobag.extractors import weights as wt
-
     if weights is not None and str(weights) == RANDOM_WEIGHTS:
         return None, RANDOM_WEIGHTS, None
     local: Path | None = None
@@ -384,9 +321,3 @@ def _load_weights(
             stacklevel=3,
         )
     return digest, source, local
-
-
-def factory_parameters(spec: ExtractorSpec) -> list[str]:
-    """Keyword parameters of a spec's factory (imports it), for documentation."""
-    params = inspect.signature(spec.load_factory()).parameters.values()
-    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from histobag.builtin import BUILTIN_NORMALIZERS
 from histobag.errors import HistobagError
 
 if TYPE_CHECKING:
@@ -32,67 +33,6 @@ if TYPE_CHECKING:
     from histobag.norm.reinhard import Reinhard, ReinhardFast, ReinhardFastMask, ReinhardMask
     from histobag.norm.vahadane import Vahadane
 
-#: ``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
-#: The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
-#: transforms histobag called ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane``
-#: before, kept so that bags made with them rebuild exactly (see :mod:`histobag.bags_config`).
-BUILTIN_NORMALIZERS: tuple[tuple[str, str, str], ...] = (
-    (
-        "macenko",
-        "histobag.norm.macenko:Macenko",
-        "slideflow's macenko: brightness standardised, then Macenko stain separation.",
-    ),
-    (
-        "macenko_fast",
-        "histobag.norm.macenko:MacenkoFast",
-        "slideflow's macenko_fast: Macenko stain separation without brightness standardisation.",
-    ),
-    (
-        "reinhard",
-        "histobag.norm.reinhard:Reinhard",
-        "slideflow's reinhard: brightness standardised, then L*a*b* mean/std transfer.",
-    ),
-    (
-        "reinhard_fast",
-        "histobag.norm.reinhard:ReinhardFast",
-        "slideflow's reinhard_fast: L*a*b* mean/std transfer without brightness standardisation.",
-    ),
-    (
-        "reinhard_mask",
-        "histobag.norm.reinhard:ReinhardMask",
-        "slideflow's reinhard_mask: as reinhard, statistics and transfer on tissue pixels only.",
-    ),
-    (
-        "reinhard_fast_mask",
-        "histobag.norm.reinhard:ReinhardFastMask",
-        "slideflow's reinhard_fast_mask: as reinhard_fast, on tissue pixels only.",
-    ),
-    (
-        "vahadane",
-        "histobag.norm.vahadane:Vahadane",
-        "slideflow's vahadane (sklearn): sparse non-negative stain separation, no SPAMS.",
-    ),
-    (
-        "legacy_macenko",
-        "histobag.norm.legacy_macenko:LegacyMacenko",
-        "histobag <= 0.1's macenko (slideflow's macenko_fast, within 1 level).",
-    ),
-    (
-        "legacy_reinhard",
-        "histobag.norm.legacy_reinhard:LegacyReinhard",
-        "histobag <= 0.1's reinhard (slideflow's reinhard_fast, within 4 levels).",
-    ),
-    (
-        "legacy_reinhard_mask",
-        "histobag.norm.legacy_reinhard:LegacyReinhardMask",
-        "histobag <= 0.1's reinhard_mask (tissue pixels with L* < 90).",
-    ),
-    (
-        "legacy_vahadane",
-        "histobag.norm.legacy_vahadane:LegacyVahadane",
-        "histobag <= 0.1's vahadane (20 block-coordinate rounds from the Macenko estimate).",
-    ),
-)
 
 _LAZY = {
     "StainNormalizer": "histobag.norm.base",
@@ -148,6 +88,14 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+def normalizer_config(normalizer: Any) -> dict[str, Any] | None:
+    """``{"method": ..., "fit": {...}}`` of a stain normalizer (as recorded in
+    ``bags_config.json``), or None."""
+    if normalizer is None:
+        return None
+    return {"method": normalizer.method, "fit": normalizer.get_fit()}
 
 
 def autoselect(

@@ -21,10 +21,10 @@ from histobag.errors import MissingMPPError, SlideOpenError, SlideReadError
 from histobag.naming import safe_name
 from histobag.slide import tissue as _tissue
 from histobag.slide.errors import TileSettingsError
-from histobag.slide.grid import Level, best_level, grid_starts, read_size
 from histobag.slide.magnification import TileUm, tile_microns
 from histobag.slide.roi import ROI, as_rois, points_in_rois
 from histobag.slide.tiff_tiles import TiledTiffLevels
+from histobag.slide.tiling import Level, best_level, grid_starts, read_size
 
 __all__ = ["MASK_MAX_SIDE", "MASK_MPP", "MPP_RANGE", "RESIZE_FILTER", "WSI", "rgba_to_rgb"]
 

@@ -38,7 +38,7 @@ from torch import nn
 from histobag import ExtractorSpec
 from histobag.errors import ExtractorArgumentError, WeightsError
 from histobag.extractors.base import ModelBuild
-from histobag.extractors.spec import Preprocessing
+from histobag.specs import Preprocessing
 
 #: (embed_dim, depth, num_heads) of DINOv2's architectures.
 ARCHS: dict[str, tuple[int, int, int]] = {

@@ -13,7 +13,7 @@ from histobag import ExtractorSpec
 from histobag.errors import ExtractorArgumentError
 from histobag.extractors.base import ModelBuild
 from histobag.extractors.layers import LayerFeatures, normalise_layers
-from histobag.extractors.spec import Preprocessing
+from histobag.specs import Preprocessing
 from histobag_apache.imagenet_specs import SUFFIX
 
 

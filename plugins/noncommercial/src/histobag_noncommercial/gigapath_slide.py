@@ -55,7 +55,7 @@ from histobag.extractors.base import FeatureExtractor, ModelBuild
 from histobag_noncommercial.longnet import LongNetEncoder
 
 if TYPE_CHECKING:
-    from histobag.extractors.spec import Preprocessing
+    from histobag.specs import Preprocessing
 
 #: Name of the configuration file :meth:`SlideEncoderExtractor.generate_and_save` writes.
 EMBEDDINGS_CONFIG = "slide_embeddings_config.json"
@@ -383,8 +383,10 @@ class SlideEncoderExtractor(FeatureExtractor):
             ConfigError: ``outdir`` was written with another configuration (and not
                 ``overwrite``).
         """
-        from histobag.bags_config import fingerprint, read_config
-        from histobag.io.bags import atomic_path, get_writer, read_bag, write_json_atomic
+        from histobag.bags.config import fingerprint, read_config
+        from histobag.bags.read import read_bag
+        from histobag.files import atomic_path, write_json_atomic
+        from histobag.io.bag_writers import get_writer
 
         bags_dir, outdir = Path(bags_dir), Path(outdir)
         bags_config = read_config(bags_dir) if writer is None else None
@@ -569,7 +571,7 @@ class GigaPathExtractor(FeatureExtractor):
                 ".slide(features, coords) for a slide embedding from features."
             )
         from histobag.engine import CollectSink, Job, run
-        from histobag.sources import ExistingWSI
+        from histobag.tile_readers import ExistingWSI
 
         sink = CollectSink()
         run(self.tile, [Job("wsi", ExistingWSI(obj))], sink, **kwargs)

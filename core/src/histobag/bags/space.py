@@ -20,7 +20,7 @@ from histobag.errors import HistobagError
 from histobag.files import format_bytes, free_bytes
 from histobag.io.tfrecord import index_path, read_index
 from histobag.slide import WSI
-from histobag.sources import OpenTFRecord, OpenWSI
+from histobag.tile_readers import OpenTFRecord, OpenWSI
 
 __all__ = ["estimate_bag_bytes", "short_of_space"]
 

@@ -27,6 +27,8 @@ from histobag.errors import (
     WeightsNotFoundError,
 )
 from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor
+from histobag.norm import normalizer_config
+from histobag.plugins import transform_specs
 
 CONFIG_NAME = "bags_config.json"
 
@@ -40,13 +42,6 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def normalizer_config(normalizer: Any) -> dict[str, Any] | None:
-    """``{"method": ..., "fit": {...}}`` of a stain normalizer, or None."""
-    if normalizer is None:
-        return None
-    return {"method": normalizer.method, "fit": normalizer.get_fit()}
 
 
 def make_config(
@@ -242,8 +237,6 @@ def build_normalizer(config: dict[str, Any] | None) -> Any:
     """
     if config is None:
         return None
-    from histobag.plugins import transform_specs
-
     method = str(config["method"]).lower()
     specs = {n: s for n, s in transform_specs().items() if s.kind == "stain_normalizer"}
     if method not in specs:

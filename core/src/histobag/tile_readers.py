@@ -1,7 +1,9 @@
-"""Tile sources for the engine: picklable openers for slides and TFRecords.
+"""Tile readers for the engine: picklable openers for slides and TFRecords.
 
-An opener runs inside each worker process and returns ``(source, top_left, geometry)``; the
-engine never ships pixels or open file handles between processes.
+A tile reader has ``len()`` and ``read_tiles(indices)`` (the engine's
+:class:`~histobag.engine.TileReader`). An opener runs inside each worker process and returns
+``(reader, top_left, geometry)``; the engine never ships pixels or open file handles between
+processes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from histobag.io.bags import TileGeometry, centres_to_top_left
+from histobag.geometry import TileGeometry, centres_to_top_left
+from histobag.io.tfrecord import TFRecordReader
+from histobag.slide import WSI
 
 
 def wsi_geometry(wsi: Any) -> TileGeometry:
@@ -35,16 +39,8 @@ class OpenWSI:
     tile_um: float | str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        # Import the slide stack (OpenSlide, tifffile, scipy, scikit-image) here in the main
-        # process, so forked reading workers inherit it rather than each spending half a second
-        # importing it before its first tile.
-        import histobag.slide  # noqa: F401
-
     def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
         """Open the slide: (WSI, top-left corners, geometry)."""
-        from histobag.slide import WSI
-
         wsi = WSI(self.path, self.tile_px, self.tile_um, **self.kwargs)
         return wsi, wsi.coords, wsi_geometry(wsi)
 
@@ -60,7 +56,7 @@ class ExistingWSI:
         return self.wsi, self.wsi.coords, wsi_geometry(self.wsi)
 
 
-class TFRecordTiles:
+class TFRecordTileReader:
     """A TFRecord as a tile source: every record is kept (tiles were filtered when written).
 
     Opening reads and verifies the whole file (:class:`~histobag.io.tfrecord.TFRecordReader`):
@@ -70,8 +66,6 @@ class TFRecordTiles:
 
     def __init__(self, path: str | Path) -> None:
         """Open and verify the TFRecord at ``path``."""
-        from histobag.io.tfrecord import TFRecordReader
-
         self.reader = TFRecordReader(path)
 
     def __len__(self) -> int:
@@ -104,7 +98,45 @@ class OpenTFRecord:
 
     def __call__(self) -> tuple[Any, np.ndarray, TileGeometry]:
         """Open the TFRecord: (tiles, top-left corners or centres, geometry)."""
-        source = TFRecordTiles(self.path)
+        source = TFRecordTileReader(self.path)
         top_left = centres_to_top_left(source.reader.locations, self.extent_px)
         geometry = TileGeometry(self.tile_px, self.tile_um, self.extent_px, self.mpp)
         return source, top_left, geometry
+
+
+class _Subset:
+    """A tile source restricted to some of its tiles."""
+
+    def __init__(self, source: Any, indices: np.ndarray) -> None:
+        self.source = source
+        self.indices = indices
+        grid_index = getattr(source, "grid_index", None)
+        self.grid_index = None if grid_index is None else grid_index[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read_tiles(self, idx: Any, *, return_mask: bool = False) -> Any:
+        return self.source.read_tiles(self.indices[np.asarray(idx)], return_mask=return_mask)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass(frozen=True)
+class Subsample:
+    """Wrap an opener to keep at most ``max_tiles`` tiles, evenly spaced (deterministic)."""
+
+    opener: Any
+    max_tiles: int
+
+    def __call__(self) -> tuple[Any, np.ndarray, Any]:
+        """Open the wrapped reader and keep at most ``max_tiles`` of its tiles."""
+        source, top_left, geometry = self.opener()
+        n = len(source)
+        if n <= self.max_tiles:
+            return source, top_left, geometry
+        indices = np.unique(np.linspace(0, n - 1, self.max_tiles).round().astype(np.int64))
+        return _Subset(source, indices), np.asarray(top_left)[indices], geometry

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from histobag import integrity, validation
-from histobag.bags_config import (
+from histobag import validation
+from histobag.bags import manifest as integrity
+from histobag.bags.config import (
     CONFIG_NAME,
     build_normalizer,
     differences,
     make_config,
     read_config,
 )
+from histobag.bags.space import short_of_space
 from histobag.engine import Job, SlideResult, run
 from histobag.errors import (
     ArgumentError,
@@ -39,10 +39,14 @@ from histobag.errors import (
     LowDiskSpaceWarning,
     StorageError,
 )
-from histobag.files import storage_error
-from histobag.io.bags import BagWriter, get_writer, remove_stale_temporaries, write_json_atomic
+from histobag.extractors.registry import build_feature_extractor, extractor_info
+from histobag.extractors.saved import is_saved_model
+from histobag.files import remove_stale_temporaries, storage_error, write_json_atomic
+from histobag.io.bag_writers import BagWriter, get_writer
 from histobag.naming import safe_name
-from histobag.space import short_of_space
+from histobag.slide import WSI
+from histobag.slide.magnification import tile_microns
+from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
 
 REPORT_NAME = "run_report.json"
 SOURCES = ("auto", "slides", "tfrecords")
@@ -170,21 +174,20 @@ class BagSink:
             logger.warning("Could not update %s: %s", REPORT_NAME, exc)
 
 
-def resolve_extractor(extractor: Any, tile_px: int) -> Any:
+def build_extractor_for_run(extractor: Any, tile_px: int) -> Any:
+    """``extractor`` built with its defaults when given by name (or saved-model folder)."""
     if not isinstance(extractor, str):
         return extractor
-    from histobag.extractors.registry import build_feature_extractor, extractor_info
-    from histobag.models import extractor_from_saved_model, is_saved_model
-
     if is_saved_model(extractor):
-        return extractor_from_saved_model(extractor)
+        return build_feature_extractor(extractor)
 
     spec = extractor_info(extractor)
     kwargs = {"tile_px": tile_px} if "tile_px" in spec.required_kwargs else {}
     return build_feature_extractor(extractor, **kwargs)
 
 
-def resolve_normalizer(normalizer: Any) -> Any:
+def build_normalizer_for_run(normalizer: Any) -> Any:
+    """``normalizer`` built with its default fit when given by name."""
     if normalizer is None or not isinstance(normalizer, str):
         return normalizer
     return build_normalizer({"method": normalizer, "fit": None})
@@ -297,7 +300,7 @@ def generate_feature_bags(
         verify: Before skipping a finished bag, re-hash its files and redo it if they changed
             since they were written. Without it a finished bag is redone only when its files'
             sizes differ from ``bags_manifest.json`` (a ``stat``, no reading), or when the
-            folder has a manifest that does not record it. See :mod:`histobag.integrity`.
+            folder has a manifest that does not record it. See :mod:`histobag.bags.manifest`.
 
     Returns:
         A :class:`BagRunReport`; also written as ``run_report.json`` in ``outdir``. When no
@@ -322,8 +325,8 @@ def generate_feature_bags(
     if getattr(dataset, "tile_px", None) is None or getattr(dataset, "tile_um", None) is None:
         raise ConfigError("This dataset has no tile size; pass tile_px= and tile_um=.")
     validation.check_tile_size(dataset.tile_px, dataset.tile_um)
-    extractor = resolve_extractor(extractor, dataset.tile_px)
-    normalizer = resolve_normalizer(normalizer)
+    extractor = build_extractor_for_run(extractor, dataset.tile_px)
+    normalizer = build_normalizer_for_run(normalizer)
     bag_writer = get_writer(writer, outdir)
     config = make_config(
         extractor,
@@ -428,7 +431,7 @@ def plan_resume(
 
 def _warn_caller(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` pointing at the first caller outside histobag (the user's line)."""
-    package = str(Path(__file__).parent) + os.sep
+    package = str(Path(__file__).parents[1]) + os.sep  # the histobag package
     frame, level = sys._getframe(0), 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
@@ -451,8 +454,6 @@ def _empty_run_message(jobs: list[tuple[str, Job | str]], report: BagRunReport) 
 
 def slide_jobs(dataset: Any, source: str, max_tiles: int) -> list[tuple[str, Job | str]]:
     """(bag name, job or failure reason) for every slide of the dataset."""
-    from histobag.sources import OpenTFRecord, OpenWSI
-
     validation.check_choice("source", source, SOURCES)
     slide_paths = {Path(p).stem: Path(p) for p in dataset.slide_paths()}
     tfrecords = {Path(p).stem: Path(p) for p in dataset.tfrecords()} if source != "slides" else {}
@@ -483,8 +484,6 @@ def slide_jobs(dataset: Any, source: str, max_tiles: int) -> list[tuple[str, Job
 
 
 def _tile_um_value(dataset: Any) -> float:
-    from histobag.slide.magnification import tile_microns
-
     return float(tile_microns(dataset.tile_px, dataset.tile_um))
 
 
@@ -493,49 +492,10 @@ def _extent(slide_path: Path | None, dataset: Any) -> tuple[int, float | None]:
     if slide_path is None:
         return 0, None
     try:
-        from histobag.slide import WSI
-
         wsi = WSI(slide_path, dataset.tile_px, dataset.tile_um, tissue=None)
         return int(wsi.full_extract_px), float(wsi.mpp)
     except HistobagError:
         return 0, None
-
-
-class _Subset:
-    """A tile source restricted to some of its tiles."""
-
-    def __init__(self, source: Any, indices: np.ndarray) -> None:
-        self.source = source
-        self.indices = indices
-        grid_index = getattr(source, "grid_index", None)
-        self.grid_index = None if grid_index is None else grid_index[indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def read_tiles(self, idx: Any, *, return_mask: bool = False) -> Any:
-        return self.source.read_tiles(self.indices[np.asarray(idx)], return_mask=return_mask)
-
-    def close(self) -> None:
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
-
-
-@dataclass(frozen=True)
-class Subsample:
-    """Wrap an opener to keep at most ``max_tiles`` tiles, evenly spaced (deterministic)."""
-
-    opener: Any
-    max_tiles: int
-
-    def __call__(self) -> tuple[Any, np.ndarray, Any]:
-        source, top_left, geometry = self.opener()
-        n = len(source)
-        if n <= self.max_tiles:
-            return source, top_left, geometry
-        indices = np.unique(np.linspace(0, n - 1, self.max_tiles).round().astype(np.int64))
-        return _Subset(source, indices), np.asarray(top_left)[indices], geometry
 
 
 __all__ = ["BagRunReport", "generate_feature_bags"]

@@ -1,0 +1,49 @@
+"""Tile geometry and the coordinate conventions bags and TFRecords use.
+
+histobag's own convention is the level-0 pixel coordinate of a tile's top-left corner; slideflow
+stores tile centres (``.index.npz``, TFRecord ``loc_x``/``loc_y``). :class:`TileGeometry` says how
+big a slide's tiles are, which the conversions need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+#: The two coordinate conventions a bag file may store.
+COORDINATE_CONVENTIONS = ("top_left", "centre")
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Where a slide's tiles are and how big they are.
+
+    Attributes:
+        tile_px: Tile side in pixels, as fed to the extractor.
+        tile_um: Tile side in microns.
+        extent_px: Tile side in level-0 pixels.
+        mpp: Microns per level-0 pixel (None when unknown, e.g. a TFRecord without its slide).
+        level: Pyramid level the tiles were read from (0 when unknown).
+    """
+
+    tile_px: int
+    tile_um: float
+    extent_px: int
+    mpp: float | None = None
+    level: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def centres_to_top_left(centres: np.ndarray, extent_px: int) -> np.ndarray:
+    """Level-0 tile centres → top-left corners (slideflow stores centres)."""
+    return np.asarray(centres, dtype=np.int64) - extent_px // 2
+
+
+def top_left_to_centres(top_left: np.ndarray, extent_px: int) -> np.ndarray:
+    """Level-0 top-left corners → tile centres."""
+    return np.asarray(top_left, dtype=np.int64) + extent_px // 2
