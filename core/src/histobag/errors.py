@@ -117,6 +117,15 @@ class ArgumentError(HistobagError, ValueError):
     """An argument is of the wrong kind or out of range; the message says what is allowed."""
 
 
+class MissingDependencyError(HistobagError, ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message, name=module)
+        self.module = module
+        self.extra = extra
+
+
 class HistobagWarning(UserWarning):
     """Base class of the warnings histobag issues."""
 
