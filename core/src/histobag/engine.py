@@ -437,7 +437,6 @@ def run(
         return
     device = extractor.device
     workers = auto_workers(device) if num_workers == "auto" else num_workers
-    workers = min(workers, max(1, len(jobs) * 1000))
     stream = TileStream(jobs, batch_size)
     loader = torch.utils.data.DataLoader(
         stream,

@@ -415,7 +415,7 @@ class DatasetFeatures:
             writer=writer,
             coordinates=bag_writer.coordinates,
         )
-        prepare_bags_folder(outdir, config, bag_writer, overwrite)
+        prepare_bags_folder(outdir, config, overwrite)
         report = BagRunReport(outdir)
         sink = BagSink(bag_writer, report, min_tiles=0)
         for result in self._results.values():

@@ -193,9 +193,7 @@ def build_normalizer_for_run(normalizer: Any) -> Any:
     return build_normalizer({"method": normalizer, "fit": None})
 
 
-def prepare_bags_folder(
-    outdir: Path, config: dict[str, Any], writer: BagWriter, overwrite: bool
-) -> None:
+def prepare_bags_folder(outdir: Path, config: dict[str, Any], overwrite: bool) -> None:
     """Refuse to mix configurations; on ``overwrite`` remove the old bags."""
     outdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(outdir)
@@ -337,7 +335,7 @@ def generate_feature_bags(
         coordinates=bag_writer.coordinates,
     )
     try:
-        prepare_bags_folder(outdir, config, bag_writer, overwrite)
+        prepare_bags_folder(outdir, config, overwrite)
         report = BagRunReport(outdir)
         write_json_atomic(outdir / REPORT_NAME, report.to_dict())
     except OSError as exc:

@@ -32,9 +32,6 @@ from histobag.files import sha256_file
 if TYPE_CHECKING:
     import torch
 
-#: Extensions read through ``torch.load(weights_only=True)``.
-TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".pth.tar")
-
 _MAX_KEYS_SHOWN = 12
 
 
@@ -212,19 +209,6 @@ def unwrap(checkpoint: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]
                 current, descended = inner, True
                 break
     return dict(current)
-
-
-def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
-    """Remove the first matching prefix (e.g. ``module.``) from every key."""
-    prefixes = tuple(prefixes)
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        out[key] = value
-    return out
 
 
 def _listing(title: str, items: list[str]) -> str:

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import google_crc32c
 import numpy as np
 
 from histobag.errors import TFRecordError
@@ -60,33 +61,10 @@ logger = logging.getLogger(__name__)
 # CRC-32C and record framing
 # --------------------------------------------------------------------------------------------
 
-_CRC_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
-_CRC_TABLE: list[int] = []
-for _byte in range(256):
-    _c = _byte
-    for _ in range(8):
-        _c = (_c >> 1) ^ _CRC_POLY if _c & 1 else _c >> 1
-    _CRC_TABLE.append(_c)
 
-
-def _crc32c_python(data: bytes) -> int:
-    """Table-driven CRC-32C in pure Python (about 3 MB/s); used only without google-crc32c."""
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-try:  # google-crc32c's C extension runs at several GB/s
-    import google_crc32c as _google_crc32c
-
-    def crc32c(data: bytes) -> int:
-        """CRC-32C (Castagnoli) checksum of ``data``; ``crc32c(b"123456789") == 0xE3069283``."""
-        return _google_crc32c.value(bytes(data))
-
-except ImportError:  # pragma: no cover - google-crc32c is a dependency
-    crc32c = _crc32c_python
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) checksum of ``data``; ``crc32c(b"123456789") == 0xE3069283``."""
+    return google_crc32c.value(bytes(data))
 
 
 def masked_crc32c(data: bytes) -> int:
