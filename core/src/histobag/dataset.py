@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from histobag import validation
 from histobag.errors import ConfigError
+from histobag.io.tfrecord import TFRecordReader
 from histobag.naming import safe_name
+from histobag.slide import WSI
+from histobag.slide.errors import TileSettingsError
+from histobag.slide.roi import find_roi_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from histobag.bags.generate import BagRunReport
-    from histobag.slide import WSI
     from histobag.slide.magnification import TileUm
 
 __all__ = ["SLIDE_SUFFIXES", "Dataset", "ExtractionSummary", "find_slides"]
@@ -167,8 +170,6 @@ class Dataset:
         roi: str | Path | None = None,
     ) -> None:
         if tile_px is not None or tile_um is not None:  # validate early
-            from histobag.slide.errors import TileSettingsError
-
             if tile_px is not None:
                 tile_px = validation.check_tile_px(tile_px, error=TileSettingsError)
             if tile_um is not None:  # "128" (as typed on a command line) becomes 128.0
@@ -270,8 +271,6 @@ class Dataset:
         """Return the ROI file of ``slide`` in the ROI folder, if any."""
         if self.roi_dir is None:
             return None
-        from histobag.slide.roi import find_roi_file
-
         return find_roi_file(self.roi_dir, slide)
 
     def filter(
@@ -368,8 +367,6 @@ class Dataset:
         Keyword arguments go to :class:`~histobag.slide.WSI` (e.g. ``stride_div``, ``mpp``);
         the slide's ROI file is used unless ``roi=`` is given.
         """
-        from histobag.slide import WSI
-
         tile_px, tile_um = self._tile_settings()
         path = (self._slide_files or {}).get(slide)
         if path is None:
@@ -393,7 +390,8 @@ class Dataset:
         :func:`histobag.bags.generate_feature_bags` (``normalizer``, ``writer``,
         ``batch_size``, ``num_workers``, ``min_tiles``, ``max_tiles``, ``overwrite``...).
         """
-        from histobag.bags import generate_feature_bags
+        # Deferred: the bag generator imports the engine and torch; listing slides needs neither.
+        from histobag.bags.generate import generate_feature_bags
 
         self._tile_settings()
         return generate_feature_bags(extractor, self, outdir, **kwargs)
@@ -424,8 +422,6 @@ class Dataset:
         Returns:
             An :class:`ExtractionSummary`.
         """
-        from histobag.io.tfrecord import TFRecordReader
-
         self._tile_settings()
         folder = Path(outdir) if outdir is not None else self.tfrecords_dir
         if folder is None:

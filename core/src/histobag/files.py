@@ -228,13 +228,16 @@ class AtomicFile:
         if handle is None:
             return self.final
         try:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(self.tmp, self.final)
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+                os.replace(self.tmp, self.final)
+            except BaseException:  # interrupted too: never leave the temporary behind
+                handle.close()
+                self.tmp.unlink(missing_ok=True)
+                raise
         except Exception as exc:
-            handle.close()
-            self.tmp.unlink(missing_ok=True)
             error = storage_error(exc, self.final.parent)
             if error is None or error is exc:
                 raise

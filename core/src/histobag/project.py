@@ -15,8 +15,6 @@ folder can be moved with its data.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from histobag import validation
 from histobag.dataset import Dataset, Filters
 from histobag.errors import ConfigError
+from histobag.extractors.saved import is_saved_model
+from histobag.files import write_json_atomic
 from histobag.naming import safe_name
 from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, format_tile_um
@@ -156,9 +156,7 @@ class Project:
         }
         for folder in _FOLDERS:
             (root / folder).mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, file)
+        write_json_atomic(file, settings)
         return cls(root)
 
     # ---------------------------------------------------------------- folders
@@ -241,8 +239,6 @@ class Project:
                 f"{type(dataset).__name__}."
             )
         if outdir == "auto":
-            from histobag.extractors.saved import is_saved_model
-
             if isinstance(extractor, str):
                 tag = Path(extractor).name if is_saved_model(extractor) else extractor
             else:
@@ -258,6 +254,7 @@ class Project:
 
         See :func:`histobag.analysis.project_methods.generate_features`.
         """
+        # Deferred: analysis is the optional histobag[analysis] extra (umap-learn, matplotlib).
         from histobag.analysis.project_methods import generate_features
 
         return generate_features(self, model, dataset, **kwargs)
@@ -267,6 +264,7 @@ class Project:
 
         See :func:`histobag.analysis.project_methods.generate_mosaic`.
         """
+        # Deferred: analysis is the optional histobag[analysis] extra (umap-learn, matplotlib).
         from histobag.analysis.project_methods import generate_mosaic
 
         return generate_mosaic(self, df, dataset, **kwargs)

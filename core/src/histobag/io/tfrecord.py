@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ import google_crc32c
 import numpy as np
 
 from histobag.errors import TFRecordError
+from histobag.files import AtomicFile, atomic_path
 from histobag.io.images import decode_image
 
 __all__ = [
@@ -277,24 +277,16 @@ def index_path(tfrecord: str | Path) -> Path:
     return tfrecord.with_name(f"{stem}.index.npz")
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
 def write_index(path: str | Path, offsets: np.ndarray, locations: np.ndarray) -> Path:
     """Atomically write an ``.index.npz`` with ``arr_0`` = offsets and ``locations``."""
     path = Path(path)
-    tmp = _temp_name(path)
-    try:
-        with tmp.open("wb") as f:  # a file object, so numpy does not append '.npz' to the name
-            np.savez(
-                f,
-                np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
-                locations=np.asarray(locations, dtype=np.int64).reshape(-1, 2),
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        # a file object, so numpy does not append '.npz' to the name
+        np.savez(
+            f,
+            np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
+            locations=np.asarray(locations, dtype=np.int64).reshape(-1, 2),
+        )
     return path
 
 
@@ -515,10 +507,9 @@ class TFRecordWriter:
             index: Also write ``<name>.index.npz`` on close.
         """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._index = index
-        self._tmp = _temp_name(self.path)
-        self._file: BinaryIO | None = self._tmp.open("wb")
+        self._atomic = AtomicFile(self.path)
+        self._file: BinaryIO | None = self._atomic.handle
         self._offsets: list[tuple[int, int]] = []
         self._locations: list[tuple[int, int]] = []
         self._position = 0
@@ -551,26 +542,16 @@ class TFRecordWriter:
         """Finish the file: flush, rename it into place, write the index. Returns ``path``."""
         if self._file is None:
             return self.path
-        file, self._file = self._file, None
-        try:
-            file.flush()
-            os.fsync(file.fileno())
-            file.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            file.close()
-            self._tmp.unlink(missing_ok=True)
-            raise
+        self._file = None
+        self._atomic.commit()
         if self._index:
             write_index(index_path(self.path), self._offsets, self._locations)
         return self.path
 
     def abort(self) -> None:
         """Discard everything written; ``path`` is left as it was."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._tmp.unlink(missing_ok=True)
+        self._file = None
+        self._atomic.abort()
 
     def __enter__(self) -> TFRecordWriter:
         return self

@@ -7,14 +7,13 @@ tissue and glass to tell apart.
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from histobag.errors import HistobagError
+from histobag.files import atomic_path
 
 __all__ = ["sample_slide"]
 
@@ -134,22 +133,17 @@ def sample_slide(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
-            for i, level in enumerate(pyramid):
-                tif.write(
-                    level,
-                    photometric="rgb",
-                    tile=(_TILE, _TILE),
-                    compression=_COMPRESSION[compression][0],
-                    compressionargs=_COMPRESSION[compression][1],
-                    description=description,
-                    metadata=None,
-                    software="histobag",
-                    subfiletype=0 if i == 0 else 1,
-                )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tif:
+        for i, level in enumerate(pyramid):
+            tif.write(
+                level,
+                photometric="rgb",
+                tile=(_TILE, _TILE),
+                compression=_COMPRESSION[compression][0],
+                compressionargs=_COMPRESSION[compression][1],
+                description=description,
+                metadata=None,
+                software="histobag",
+                subfiletype=0 if i == 0 else 1,
+            )
     return path

@@ -18,6 +18,8 @@ from PIL import Image
 
 from histobag import validation
 from histobag.errors import MissingMPPError, SlideOpenError, SlideReadError
+from histobag.io.images import encode_image
+from histobag.io.tfrecord import TFRecordWriter
 from histobag.naming import safe_name
 from histobag.slide import tissue as _tissue
 from histobag.slide.errors import TileSettingsError
@@ -509,9 +511,6 @@ class WSI:
         Returns:
             The path of the TFRecord.
         """
-        from histobag.io.images import encode_image
-        from histobag.io.tfrecord import TFRecordWriter
-
         path = Path(outdir) / f"{safe_name(self.name)}.tfrecords"
         half = self.full_extract_px // 2
         with TFRecordWriter(path) as writer:
