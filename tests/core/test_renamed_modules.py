@@ -28,7 +28,7 @@ def test_old_module_path_warns_and_gives_the_same_objects(old, monkeypatch):
 
 def test_old_bag_writer_names_are_the_new_classes(monkeypatch):
     monkeypatch.delitem(sys.modules, "histobag.io.bags", raising=False)
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match=r"histobag\.io\.bag_writers"):
         old = importlib.import_module("histobag.io.bags")
     from histobag.io import bag_writers
 
