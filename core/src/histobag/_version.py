@@ -1,3 +1,3 @@
 """The installed version of histobag."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
