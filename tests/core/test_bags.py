@@ -187,13 +187,13 @@ def test_unsafe_slide_names_are_sanitised(tmp_path, extractor):
 
 def test_a_pack_can_add_a_bag_writer(slides, extractor, tmp_path):
     class NpzWriter(BagWriter):
-        name = "npz"
+        name = "script-npz"  # "npz" is the installed histobag-writer-example's
 
         def files(self, slide):
             return [self.outdir / f"{slide}.npz"]
 
-        def _write(self, slide, features, coords, geometry, tmp_paths):
-            with open(tmp_paths[0], "wb") as handle:
+        def write_files(self, slide, features, coords, geometry, paths):
+            with open(paths[0], "wb") as handle:
                 np.savez(handle, features=features, coords=coords)
 
         def read(self, slide):
@@ -210,12 +210,12 @@ def test_a_pack_can_add_a_bag_writer(slides, extractor, tmp_path):
     class Plugin:
         @histobag.hookimpl
         def histobag_bag_writers(self):
-            return [histobag.BagWriterSpec("npz", "npz_writer_plugin:NpzWriter")]
+            return [histobag.BagWriterSpec("script-npz", "npz_writer_plugin:NpzWriter")]
 
     plugin = histobag.register_plugin(Plugin())
     try:
         report = _dataset(slides).generate_feature_bags(
-            extractor, tmp_path, writer="npz", progress=False, num_workers=0
+            extractor, tmp_path, writer="script-npz", progress=False, num_workers=0
         )
         assert report.ok
         features, _, _ = read_bag(tmp_path, "slide-0")

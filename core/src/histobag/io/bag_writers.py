@@ -1,4 +1,4 @@
-"""Feature-bag files: one bag per slide, in a format MIL tools read.
+"""Feature-bag files: one bag per slide, in a format MIL tools read, and the writer API.
 
 Writers registered by core (through the bag-writer hook, like any pack's):
 
@@ -6,14 +6,20 @@ Writers registered by core (through the bag-writer hook, like any pack's):
   ``arr_0`` (N, 2) int64 tile **centres** at level 0.
 - ``h5`` (CLAM/TRIDENT): ``<slide>.h5`` with datasets ``features`` (N, F) and ``coords`` (N, 2)
   level-0 **top-left** corners; attributes ``patch_size`` (level-0 extent), ``patch_level``,
-  ``mpp``, ``tile_px``, ``tile_um``.
+  ``mpp``, ``tile_px``, ``tile_um``. Needs the ``histobag[h5]`` extra (h5py).
 - ``safetensors``: ``<slide>.safetensors`` with ``features`` (N, F), ``coords`` (N, 2) top-left
   and the same metadata as strings.
 
-Every file is written under a temporary name in the same folder and renamed when complete, so a
-bag exists only when it is whole (DESIGN principle 5). A write that fails for lack of space (or
-on a read-only folder) raises :class:`~histobag.errors.StorageError` naming the folder and the
-space needed, and leaves no temporary file behind.
+A third-party format subclasses :class:`BagWriter` and implements its public methods only
+(:attr:`~BagWriter.name`, :attr:`~BagWriter.coordinates`, :meth:`~BagWriter.files`,
+:meth:`~BagWriter.write_files`, :meth:`~BagWriter.read`); ``docs/plugins.md`` shows a whole
+writer package. The base class's :meth:`~BagWriter.write` does the rest: it checks the arrays,
+converts the coordinates to the writer's convention, and writes every file under a temporary
+name in the same folder (:func:`histobag.files.atomic_files`), renaming them when all are
+complete, the last one last, so a bag exists only when it is whole (DESIGN principle 5). A
+write that fails for lack of space (or on a read-only folder) raises
+:class:`~histobag.errors.StorageError` naming the folder and the space needed, and leaves no
+temporary file behind.
 """
 
 from __future__ import annotations
@@ -21,57 +27,144 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from histobag.errors import ConfigError, HistobagError
+from histobag.errors import ConfigError, HistobagError, PluginError
 from histobag.files import TMP_PREFIX, atomic_files
-from histobag.geometry import TileGeometry, top_left_to_centres
+from histobag.geometry import COORDINATE_CONVENTIONS, TileGeometry, top_left_to_centres
+from histobag.optional import require
 from histobag.plugins import bag_writer_specs
+
+__all__ = [
+    "BagWriter",
+    "H5BagWriter",
+    "PtBagWriter",
+    "SafetensorsBagWriter",
+    "get_writer",
+]
 
 
 class BagWriter(ABC):
-    """Writes and reads one bag per slide in one format.
+    """Writes and reads one bag per slide in one file format.
 
-    Subclasses set :attr:`name`, :attr:`coordinates` (the convention stored in their files:
-    ``"top_left"`` or ``"centre"``) and implement :meth:`files`, :meth:`write` and :meth:`read`.
-    Register a subclass with the ``histobag_bag_writers`` hook.
+    A subclass sets two class attributes and implements three methods; histobag calls them,
+    and nothing else of the subclass:
+
+    - :attr:`name`: the registered name users pass as ``writer=``.
+    - :attr:`coordinates`: the convention the files store, ``"top_left"`` or ``"centre"``.
+    - :meth:`files`: the paths of a slide's bag; the **last** one marks the bag complete.
+    - :meth:`write_files`: write one bag to the temporary paths it is given.
+    - :meth:`read`: read one bag back as float32 (N, F) features and int64 (N, 2) coordinates.
+
+    Register the subclass with the ``histobag_bag_writers`` hook (a :class:`BagWriterSpec`
+    naming it as ``"module:Class"``). histobag instantiates it with the bags folder
+    (:attr:`outdir`) and calls :meth:`write` (do not override it: it does the checks, the
+    coordinate conversion and the atomic renames).
+
+    Attributes:
+        outdir: The bags folder this writer writes into and reads from.
     """
 
+    #: Registered name, the one users pass as ``writer=`` (same as the spec's name).
     name: ClassVar[str]
+    #: Coordinate convention stored in the files: ``"top_left"`` (histobag's own, level-0
+    #: top-left corners) or ``"centre"`` (level-0 tile centres, as slideflow stores them).
     coordinates: ClassVar[str] = "top_left"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the class attributes; adapt a writer written against the old private API."""
+        super().__init_subclass__(**kwargs)
+        if cls.coordinates not in COORDINATE_CONVENTIONS:
+            raise PluginError(
+                f"Bag writer {cls.__qualname__}: coordinates must be one of "
+                f"{', '.join(COORDINATE_CONVENTIONS)}, got {cls.coordinates!r}."
+            )
+        if "_write" in cls.__dict__ and "write_files" not in cls.__dict__:
+            # Before 0.3 writers implemented the private BagWriter._write (same arguments).
+            warnings.warn(
+                f"Bag writer {cls.__module__}.{cls.__qualname__} implements _write, which "
+                "histobag 0.3 replaced by the public write_files(slide, features, coords, "
+                "geometry, paths); _write will no longer be called from histobag 0.4. "
+                "Rename the method to write_files.",
+                DeprecationWarning,
+                stacklevel=3,  # the class statement (through ABCMeta.__new__)
+            )
+            cls.write_files = _call_legacy_write  # type: ignore[method-assign]
 
     def __init__(self, outdir: str | os.PathLike[str]) -> None:
         self.outdir = Path(outdir)
 
     @abstractmethod
     def files(self, slide: str) -> list[Path]:
-        """The files making up ``slide``'s bag; the LAST one is renamed into place last."""
+        """The files making up ``slide``'s bag, all in :attr:`outdir`.
+
+        Args:
+            slide: The slide's name, already safe as a file name.
+
+        Returns:
+            One or more paths. They are renamed into place in this order, so the **last**
+            one exists only once every other file of the bag is complete: its presence marks
+            a finished bag. :meth:`slides` lists the slides that have it, by its suffix.
+        """
 
     @abstractmethod
-    def _write(
+    def write_files(
         self,
         slide: str,
         features: np.ndarray,
         coords: np.ndarray,
         geometry: TileGeometry,
-        tmp_paths: list[Path],
+        paths: list[Path],
     ) -> None:
-        """Write the bag's files to ``tmp_paths`` (same order as :meth:`files`)."""
+        """Write one bag into ``paths``: temporary files that histobag renames afterwards.
+
+        Args:
+            slide: The slide's name (for metadata; the file names are already chosen).
+            features: float32 (N, F), C-contiguous.
+            coords: int64 (N, 2) level-0 (x, y), already in :attr:`coordinates` convention.
+            geometry: Tile size (``tile_px``, ``tile_um``, level-0 ``extent_px``), ``mpp`` and
+                pyramid ``level``, to store as metadata if the format has a place for it.
+            paths: One existing, empty temporary file per entry of :meth:`files` (same order,
+                same suffixes). Write each one in full at exactly that path (open it with
+                ``"wb"``; ``np.savez`` given a bare path would append ``.npz``) and create no
+                other file. Do not rename them: histobag renames them into place, the last one
+                last, only after this method returns; if it raises, they are removed.
+        """
 
     @abstractmethod
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
-        """(features (N, F) float32, coords (N, 2) int64 in :attr:`coordinates` convention)."""
+        """Read ``slide``'s bag back.
+
+        Returns:
+            ``(features, coords)``: features as float32 (N, F), coords as int64 (N, 2) in
+            :attr:`coordinates` convention, exactly what :meth:`write_files` received. Raise
+            any exception if a file is missing or unreadable (the bag then counts as
+            unfinished).
+        """
 
     def write(
         self, slide: str, features: np.ndarray, top_left: np.ndarray, geometry: TileGeometry
     ) -> list[Path]:
-        """Write a whole bag atomically; ``top_left`` are level-0 tile corners (N, 2)."""
-        features = np.asarray(features, dtype=np.float32)
+        """Write a whole bag atomically (called by histobag; subclasses do not override it).
+
+        Args:
+            slide: The slide's safe name.
+            features: (N, F) features, stored as float32.
+            top_left: (N, 2) level-0 top-left tile corners, converted to :attr:`coordinates`.
+            geometry: The slide's tile geometry.
+
+        Returns:
+            The bag's files (:meth:`files`), all in place.
+        """
+        features = np.ascontiguousarray(features, dtype=np.float32)
         top_left = np.asarray(top_left, dtype=np.int64).reshape(-1, 2)
+        if features.ndim != 2:
+            raise HistobagError(f"{slide}: features must be (N, F), got shape {features.shape}")
         if len(features) != len(top_left):
             raise HistobagError(
                 f"{slide}: {len(features)} feature rows but {len(top_left)} coordinates"
@@ -81,32 +174,92 @@ class BagWriter(ABC):
             if self.coordinates == "centre"
             else top_left
         )
-        finals = self.files(slide)
+        coords = np.ascontiguousarray(coords, dtype=np.int64)
+        finals = list(self.files(slide))
+        if not finals:
+            raise PluginError(f"Bag writer {self.name!r}: files({slide!r}) returned no path.")
         # The serialised bag is about the arrays' size; the slack covers headers and zip entries.
         needed = features.nbytes + coords.nbytes + 64 * 1024
         with atomic_files(finals, needed) as tmps:
-            self._write(slide, features, coords, geometry, tmps)
+            self.write_files(slide, features, coords, geometry, tmps)
+            missing = [final.name for tmp, final in zip(tmps, finals) if not tmp.is_file()]
+            if missing:
+                raise PluginError(
+                    f"Bag writer {self.name!r} did not write {', '.join(missing)} for {slide}: "
+                    "write_files must write each path it is given, in place."
+                )
         return finals
 
     def is_complete(self, slide: str, num_features: int | None = None) -> bool:
-        """Whether ``slide``'s bag is whole: all files exist and read back consistently."""
+        """Whether ``slide``'s bag is whole: all files exist and read back consistently.
+
+        Raises:
+            PluginError: :meth:`read` returned something else than float32 (N, F) features
+                and int64 (N, 2) coordinates (a bug of the writer, not of the bag).
+        """
         if not all(path.is_file() for path in self.files(slide)):
             return False
         try:
             features, coords = self.read(slide)
         except Exception:  # any unreadable file means "not done"
             return False
-        ok_shape = features.ndim == 2 and coords.shape == (len(features), 2)
-        return ok_shape and (num_features is None or features.shape[1] == num_features)
+        self.check_read(slide, features, coords)
+        return coords.shape[0] == len(features) and (
+            num_features is None or features.shape[1] == num_features
+        )
+
+    def check_read(self, slide: str, features: Any, coords: Any) -> None:
+        """Raise :class:`PluginError` unless ``(features, coords)`` keep :meth:`read`'s contract.
+
+        Writer authors can call it in their tests on what :meth:`read` returns.
+        """
+        ok = (
+            isinstance(features, np.ndarray)
+            and isinstance(coords, np.ndarray)
+            and features.dtype == np.float32
+            and features.ndim == 2
+            and coords.dtype == np.int64
+            and coords.ndim == 2
+            and coords.shape[1] == 2
+        )
+        if not ok:
+            raise PluginError(
+                f"Bag writer {self.name!r}: read({slide!r}) must return float32 (N, F) features "
+                f"and int64 (N, 2) coordinates as numpy arrays, got {_describe(features)} and "
+                f"{_describe(coords)}."
+            )
 
     def slides(self) -> list[str]:
-        """Slides with a bag file in :attr:`outdir` (complete or not)."""
+        """Slides with a bag file in :attr:`outdir` (complete or not).
+
+        Found by the suffix of the last of :meth:`files` (``<slide><suffix>``); override when
+        the last file is named differently.
+        """
         suffix = self.files("x")[-1].name[1:]
         return sorted(
             p.name[: -len(suffix)]
             for p in self.outdir.glob("*" + suffix)
             if not p.name.startswith(TMP_PREFIX)
         )
+
+
+def _call_legacy_write(
+    self: BagWriter,
+    slide: str,
+    features: np.ndarray,
+    coords: np.ndarray,
+    geometry: TileGeometry,
+    paths: list[Path],
+) -> None:
+    """``write_files`` of a writer that still implements the pre-0.3 ``_write``."""
+    self._write(slide, features, coords, geometry, paths)  # type: ignore[attr-defined]
+
+
+def _describe(value: Any) -> str:
+    """``float64 (3, 4)`` for an array, the type name otherwise (for error messages)."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {value.shape}"
+    return type(value).__name__
 
 
 class PtBagWriter(BagWriter):
@@ -119,17 +272,25 @@ class PtBagWriter(BagWriter):
         """Index first, tensor last (the tensor's presence marks a whole bag)."""
         return [self.outdir / f"{slide}.index.npz", self.outdir / f"{slide}.pt"]
 
-    def _write(self, slide, features, coords, geometry, tmp_paths) -> None:
+    def write_files(
+        self,
+        slide: str,
+        features: np.ndarray,
+        coords: np.ndarray,
+        geometry: TileGeometry,
+        paths: list[Path],
+    ) -> None:
+        """``arr_0`` centres into the index, the features as a torch tensor."""
         import torch
 
-        index_tmp, pt_tmp = tmp_paths
-        with open(index_tmp, "wb") as handle:  # np.savez would append .npz to a bare path
+        index_path, pt_path = paths
+        with open(index_path, "wb") as handle:  # np.savez would append .npz to a bare path
             np.savez(handle, arr_0=coords)
         # Serialised in memory and written with a plain write: torch's zip writer reports a
         # full disk as "unexpected pos", a plain write as OSError(ENOSPC).
         buffer = io.BytesIO()
-        torch.save(torch.from_numpy(np.ascontiguousarray(features)), buffer)
-        pt_tmp.write_bytes(buffer.getbuffer())
+        torch.save(torch.from_numpy(features), buffer)
+        pt_path.write_bytes(buffer.getbuffer())
 
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and tile centres."""
@@ -147,7 +308,10 @@ class PtBagWriter(BagWriter):
 
 
 class H5BagWriter(BagWriter):
-    """CLAM/TRIDENT layout: ``features`` and ``coords`` (top-left) datasets in ``<slide>.h5``."""
+    """CLAM/TRIDENT layout: ``features`` and ``coords`` (top-left) datasets in ``<slide>.h5``.
+
+    Needs h5py, from the ``histobag[h5]`` extra.
+    """
 
     name = "h5"
 
@@ -155,10 +319,17 @@ class H5BagWriter(BagWriter):
         """One file."""
         return [self.outdir / f"{slide}.h5"]
 
-    def _write(self, slide, features, coords, geometry, tmp_paths) -> None:
-        import h5py
-
-        with h5py.File(tmp_paths[0], "w") as h5:
+    def write_files(
+        self,
+        slide: str,
+        features: np.ndarray,
+        coords: np.ndarray,
+        geometry: TileGeometry,
+        paths: list[Path],
+    ) -> None:
+        """Both datasets, the geometry as attributes of the file and of ``coords``."""
+        h5py = require("h5py", extra="h5", purpose="the h5 bag writer")
+        with h5py.File(paths[0], "w") as h5:
             h5.create_dataset("features", data=features)
             dset = h5.create_dataset("coords", data=coords)
             attrs = {
@@ -177,8 +348,7 @@ class H5BagWriter(BagWriter):
 
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and top-left coordinates."""
-        import h5py
-
+        h5py = require("h5py", extra="h5", purpose="the h5 bag writer")
         with h5py.File(self.files(slide)[0], "r") as h5:
             return h5["features"][:], h5["coords"][:]
 
@@ -192,17 +362,21 @@ class SafetensorsBagWriter(BagWriter):
         """One file."""
         return [self.outdir / f"{slide}.safetensors"]
 
-    def _write(self, slide, features, coords, geometry, tmp_paths) -> None:
+    def write_files(
+        self,
+        slide: str,
+        features: np.ndarray,
+        coords: np.ndarray,
+        geometry: TileGeometry,
+        paths: list[Path],
+    ) -> None:
+        """Both tensors, the geometry as JSON strings in the metadata."""
         from safetensors.numpy import save
 
         metadata = {k: json.dumps(v) for k, v in geometry.to_dict().items()}
         metadata["coordinates"] = "top_left"
-        tensors = {
-            "features": np.ascontiguousarray(features),
-            "coords": np.ascontiguousarray(coords),
-        }
         # In memory, then a plain write: the Rust writer's I/O errors carry no errno.
-        tmp_paths[0].write_bytes(save(tensors, metadata=metadata))
+        paths[0].write_bytes(save({"features": features, "coords": coords}, metadata=metadata))
 
     def read(self, slide: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and top-left coordinates."""

@@ -1,0 +1,1 @@
+"""Example third-party histobag pack: an ``npz`` feature-bag writer."""
