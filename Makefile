@@ -7,17 +7,20 @@ BIN := $(VENV)/bin
 # PyTorch is pinned to the release this project is tested with; override for other platforms,
 # e.g. `make test TORCH="torch==2.9.1 torchvision==0.24.1"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-PACKS := -e core -e plugins/apache -e plugins/gpl -e plugins/noncommercial
+PACKS := -e "core[all]" -e plugins/apache -e plugins/gpl -e plugins/noncommercial
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench docs clean
 
-$(STAMP): core/pyproject.toml plugins/*/pyproject.toml tests/requirements.txt tests/plugins/histobag-example/pyproject.toml
+$(STAMP): core/pyproject.toml plugins/*/pyproject.toml tests/requirements.txt \
+		tests/plugins/histobag-example/pyproject.toml \
+		tests/plugins/histobag-writer-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet $(PACKS) -r tests/requirements.txt
 	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-example
+	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-writer-example
 	touch $(STAMP)
 
 demo: $(STAMP)

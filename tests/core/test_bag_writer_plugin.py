@@ -320,3 +320,33 @@ def test_the_h5_writer_without_h5py_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"histobag\[h5\]"):
         get_writer("h5", tmp_path).write("s", *_arrays(), GEOMETRY)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_writer_name_two_packs_provide_is_refused_naming_both(tmp_path):
+    from histobag import BagWriterSpec, hookimpl, register_plugin, unregister_plugin
+    from histobag.errors import DuplicateExtractorError
+    from histobag.io.bag_writers import get_writer
+    from histobag.plugins import PluginWarning
+
+    class First:
+        @hookimpl
+        def histobag_bag_writers(self):
+            return [BagWriterSpec("twice", "histobag.io.bag_writers:PtBagWriter")]
+
+    class Second(First):
+        pass
+
+    first, second = First(), Second()
+    register_plugin(first, name="first-pack")
+    register_plugin(second, name="second-pack")
+    try:
+        with (
+            pytest.warns(PluginWarning, match="twice"),
+            pytest.raises(DuplicateExtractorError, match="twice") as caught,
+        ):
+            get_writer("twice", tmp_path)
+        assert get_writer("pt", tmp_path).name == "pt"  # the other writers keep working
+    finally:
+        unregister_plugin(first)
+        unregister_plugin(second)
+    assert "both provide the bag writer" in str(caught.value)

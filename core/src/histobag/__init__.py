@@ -15,7 +15,12 @@ from histobag._version import __version__
 from histobag.errors import HistobagError
 from histobag.extractors.registry import build_feature_extractor, extractor_info, list_extractors
 from histobag.hookspecs import hookimpl
-from histobag.plugins import register_extractor, register_plugin, unregister_plugin
+from histobag.plugins import (
+    plugin_failures,
+    register_extractor,
+    register_plugin,
+    unregister_plugin,
+)
 from histobag.specs import BagWriterSpec, ExtractorSpec, Preprocessing, TransformSpec
 
 if TYPE_CHECKING:
@@ -56,6 +61,7 @@ __all__ = [
     "extractor_info",
     "hookimpl",
     "list_extractors",
+    "plugin_failures",
     "register_extractor",
     "register_plugin",
     "unregister_plugin",

@@ -34,11 +34,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from histobag.errors import ConfigError, HistobagError, PluginError
+from histobag.errors import ConfigError, DuplicateExtractorError, HistobagError, PluginError
 from histobag.files import TMP_PREFIX, atomic_files
 from histobag.geometry import COORDINATE_CONVENTIONS, TileGeometry, top_left_to_centres
 from histobag.optional import require
-from histobag.plugins import bag_writer_specs
+from histobag.plugins import bag_writer_specs, get_plugin_manager
 
 __all__ = [
     "BagWriter",
@@ -389,6 +389,9 @@ class SafetensorsBagWriter(BagWriter):
 def get_writer(name: str, outdir: str | os.PathLike[str]) -> BagWriter:
     """Instantiate the registered bag writer ``name`` for ``outdir``."""
     specs = bag_writer_specs()
+    clash = get_plugin_manager().clash("bag writer", name)
+    if name not in specs and clash is not None:
+        raise DuplicateExtractorError(clash.error.partition(": ")[2] or clash.error)
     if name not in specs:
         raise ConfigError(
             f"Unknown bag writer {name!r}. Available: {', '.join(sorted(specs))}. "
