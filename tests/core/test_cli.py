@@ -10,9 +10,10 @@ def test_list_table(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
-    assert header == ["name", "pack", "licence", "dims", "gated"]
+    assert header == ["name", "kind", "pack", "licence", "dims", "gated"]
     row = next(line for line in out.splitlines() if line.startswith("resnet50_imagenet "))
-    assert row.split() == ["resnet50_imagenet", "histobag-apache", "Apache-2.0", "2048", "no"]
+    expected = ["resnet50_imagenet", "tiles", "histobag-apache", "Apache-2.0", "2048", "no"]
+    assert row.split() == expected
 
 
 def test_list_filtered_by_license(capsys):

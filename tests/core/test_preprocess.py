@@ -5,7 +5,7 @@ from torchvision.transforms import functional as F
 
 import histobag
 from histobag.errors import ExtractorArgumentError
-from histobag.extractors.preprocess import output_size, resolve_preprocessing
+from histobag.extractors.preprocess import PreprocessingOverrides, output_size
 from histobag.specs import Preprocessing
 from tests.core.toy_models import registered, toy_spec
 
@@ -24,25 +24,20 @@ DEFAULT = Preprocessing(center_crop=224, resize=256, interpolation="bicubic")
     ],
 )
 def test_resize_and_crop_overrides(kwargs, resize, crop):
-    pre = resolve_preprocessing(DEFAULT, 224, **kwargs)
+    pre = PreprocessingOverrides(**kwargs).apply(DEFAULT, 224)
     assert (pre.resize, pre.center_crop) == (resize, crop)
 
 
 def test_other_overrides_and_validation():
-    pre = resolve_preprocessing(
-        DEFAULT,
-        224,
-        interpolation="nearest",
-        antialias=True,
-        norm_mean=(0.1, 0.2, 0.3),
-        norm_std=(1, 1, 1),
-    )
+    pre = PreprocessingOverrides(
+        interpolation="nearest", antialias=True, norm_mean=(0.1, 0.2, 0.3), norm_std=(1, 1, 1)
+    ).apply(DEFAULT, 224)
     assert pre.interpolation == "nearest" and pre.antialias
     assert pre.mean == (0.1, 0.2, 0.3) and pre.std == (1.0, 1.0, 1.0)
     with pytest.raises(ExtractorArgumentError, match="interpolation"):
-        resolve_preprocessing(DEFAULT, 224, interpolation="lanczos")
+        PreprocessingOverrides(interpolation="lanczos")
     with pytest.raises(ExtractorArgumentError, match="positive int"):
-        resolve_preprocessing(DEFAULT, 224, resize=-3)
+        PreprocessingOverrides(resize=-3)
 
 
 def test_transform_prints_crop_then_resize_by_default():

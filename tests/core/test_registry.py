@@ -8,6 +8,7 @@ from histobag.errors import (
     ExtractorArgumentError,
     UnknownExtractorError,
 )
+from histobag.plugins import PluginWarning
 from tests.core.toy_models import build_toy, registered, toy_spec
 
 
@@ -43,14 +44,20 @@ def test_register_extractor_decorator():
 
 def test_duplicate_names_name_both_providers():
     with registered(toy_spec()), registered(toy_spec(name="other", aliases=("toy",))):
+        with pytest.warns(PluginWarning, match="'<in-process>' and '<in-process>'"):
+            names = histobag.list_extractors()
+        assert "toy" not in names and "other" in names  # neither wins "toy"
         with pytest.raises(DuplicateExtractorError, match="'<in-process>' and '<in-process>'"):
-            histobag.list_extractors()
+            histobag.extractor_info("toy")
 
 
 def test_duplicate_of_an_installed_pack_names_it():
     with registered(toy_spec(name="resnet50_imagenet", aliases=())):
+        with pytest.warns(PluginWarning, match="histobag-apache"):
+            names = histobag.list_extractors()
+        assert "resnet50_imagenet" not in names and "resnet18_imagenet" in names
         with pytest.raises(DuplicateExtractorError) as err:
-            histobag.list_extractors()
+            histobag.build_feature_extractor("resnet50_imagenet")
     assert "histobag-apache" in str(err.value) and "<in-process>" in str(err.value)
 
 

@@ -80,6 +80,12 @@ class Preprocessing:
         return "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
 
 
+#: What an extractor consumes: ``"tiles"``, a tile encoder (uint8 tiles in, one feature vector
+#: per tile out: what feature bags are made with), or ``"tile_features"``, a slide encoder (a
+#: slide's tile features from a tile encoder in, e.g. ``gigapath.slide``).
+EXTRACTOR_KINDS = ("tiles", "tile_features")
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """What a pack declares about one feature extractor.
@@ -111,6 +117,11 @@ class ExtractorSpec:
         autocast_dtype: ``"bfloat16"`` or ``"float16"``, the reduced precision used on CUDA.
         model_kwargs: Keyword arguments the factory accepts (validated before building).
         required_kwargs: Those of ``model_kwargs`` that must be given.
+        kind: What the model consumes, one of :data:`EXTRACTOR_KINDS`: ``"tiles"`` (a tile
+            encoder, the default) or ``"tile_features"`` (a slide encoder, refused where
+            feature bags are made).
+        tile_encoder: For a slide encoder, the registered name of the tile encoder whose
+            features it consumes (e.g. ``"gigapath.tile"``); named in error messages.
         distribution: Distribution that registered this spec (filled in by the plugin manager).
         version: That distribution's version (filled in by the plugin manager).
     """
@@ -136,6 +147,8 @@ class ExtractorSpec:
     autocast_dtype: str = "bfloat16"
     model_kwargs: tuple[str, ...] = ()
     required_kwargs: tuple[str, ...] = ()
+    kind: str = "tiles"
+    tile_encoder: str | None = None
     distribution: str = ""
     version: str = ""
 
@@ -150,6 +163,16 @@ class ExtractorSpec:
         if self.autocast_dtype not in ("bfloat16", "float16"):
             raise PluginError(
                 f"Extractor {self.name!r}: autocast_dtype must be 'bfloat16' or 'float16'"
+            )
+        if self.kind not in EXTRACTOR_KINDS:
+            raise PluginError(
+                f"Extractor {self.name!r}: kind must be one of {', '.join(EXTRACTOR_KINDS)} "
+                f"(what the model consumes), not {self.kind!r}"
+            )
+        if self.tile_encoder is not None and self.kind != "tile_features":
+            raise PluginError(
+                f"Extractor {self.name!r}: tile_encoder names the tile encoder a slide "
+                "encoder consumes; give it with kind='tile_features' only"
             )
         for name in ("aliases", "tags", "checkpoint_keys", "model_kwargs", "required_kwargs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -210,10 +233,15 @@ class TransformSpec:
 
     Attributes:
         name: Registered name, e.g. ``"macenko"``.
-        factory: ``"module:attr"`` of a class or callable building the transform.
-        kind: ``"stain_normalizer"`` or ``"tile_transform"``.
+        factory: ``"module:attr"`` of a class or callable building the transform (the contract
+            of each kind is in :func:`histobag.hookspecs.histobag_transforms`).
+        kind: One of :data:`TRANSFORM_KINDS`: ``"stain_normalizer"`` or ``"tile_transform"``.
         description: One line for listings.
         distribution: Providing distribution (filled in by the plugin manager).
+
+    Raises:
+        PluginError: ``kind`` is not one of :data:`TRANSFORM_KINDS`, or ``factory`` is not a
+            ``"module:attr"`` string.
     """
 
     name: str
@@ -221,6 +249,22 @@ class TransformSpec:
     kind: str = "stain_normalizer"
     description: str = ""
     distribution: str = ""
+
+    def __post_init__(self) -> None:
+        # Checked when the pack's hook builds the spec, so a typo fails at listing, not mid-run.
+        pack = f" (pack {self.distribution!r})" if self.distribution else ""
+        if self.kind not in TRANSFORM_KINDS:
+            raise PluginError(
+                f"Transform {self.name!r}{pack}: kind must be one of "
+                f"{', '.join(map(repr, TRANSFORM_KINDS))}, not {self.kind!r}."
+            )
+        factory = self.factory if isinstance(self.factory, str) else ""
+        module, _, attr = factory.partition(":")
+        if not module or not attr:
+            raise PluginError(
+                f"Transform {self.name!r}{pack}: factory must be a 'module:attr' string, "
+                f"got {self.factory!r}."
+            )
 
     def load(self) -> Any:
         """Import and return the factory."""

@@ -6,6 +6,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag.errors import ExtractorArgumentError
@@ -35,6 +36,13 @@ class ModelBuild:
         checkpoint_key: Inverse of ``adapt_state_dict``'s renaming for one key, so checkpoint
             mismatch errors name keys as the checkpoint file does.
         extractor_cls: A :class:`FeatureExtractor` subclass adding model-specific methods.
+        default_weights: A local checkpoint loaded when no ``weights=`` is given, instead of a
+            download (e.g. a saved model's own safetensors file); not recorded, as the
+            build finds it again.
+        recorded_kwargs: The model arguments to record for a rebuild (``dump_config()``,
+            ``bags_config.json``) when the factory normalises them (e.g. drops defaults);
+            ``None`` records them as given.
+        extra: Model-specific values the extractor class reads (kept as ``extractor.extra``).
     """
 
     module: torch.nn.Module
@@ -46,6 +54,8 @@ class ModelBuild:
     fixed_input_size: int | None = None
     checkpoint_key: Callable[[str], str] | None = None
     extractor_cls: type[FeatureExtractor] | None = None
+    default_weights: Path | None = None
+    recorded_kwargs: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -6,16 +6,18 @@ Layout of a saved model::
                                  preprocessing, stain normalizer (JSON only)
     <folder>/model.safetensors   the state dict of the timm model
 
-:func:`save_model` writes one from a fine-tuned timm model; :func:`extractor_from_saved_model`
-(also reached through ``build_feature_extractor('/path/to/folder')``) builds a
-:class:`~histobag.extractors.base.FeatureExtractor` from it, with any layer(s) as features
-and optionally the classifier's logits appended. Nothing is unpickled (DESIGN principle 4).
+:func:`save_model` writes one from a fine-tuned timm model. :func:`saved_model_spec` turns a
+folder into an :class:`~histobag.specs.ExtractorSpec` built by the same builder as registered
+models (``build_feature_extractor('/path/to/folder')``, or its alias
+:func:`extractor_from_saved_model`), with any layer(s) as features and optionally the
+classifier's logits appended. Nothing is unpickled (DESIGN principle 4).
 
 This module imports no torch or timm at import time.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from histobag.errors import ConfigError, ExtractorArgumentError, HistobagError
 from histobag.extractors.base import FeatureExtractor, ModelBuild
-from histobag.extractors.device import resolve_device
-from histobag.extractors.preprocess import resolve_preprocessing
-from histobag.extractors.weights import load_strict, read_checkpoint, sha256sum
+from histobag.extractors.builder import build_extractor
+from histobag.extractors.weights import sha256sum
 from histobag.files import atomic_path, write_json_atomic
 from histobag.norm import normalizer_config
 from histobag.specs import ExtractorSpec, Preprocessing
@@ -41,6 +42,7 @@ __all__ = [
     "is_saved_model",
     "read_model_config",
     "save_model",
+    "saved_model_spec",
 ]
 
 CONFIG_FILE = "config.json"
@@ -259,40 +261,106 @@ class SavedModelExtractor(FeatureExtractor):
         return list(self.extra["config"]["outcome_labels"])
 
 
-def extractor_from_saved_model(
-    path: str | os.PathLike[str],
-    *,
-    layers: str | Sequence[str] | None = None,
-    pooling: str = "avg",
-    include_logits: bool = False,
-    weights: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = None,
-    mixed_precision: bool = True,
-    resize: bool | int | None = None,
-    center_crop: bool | int | None = None,
-    interpolation: str | None = None,
-    antialias: bool | None = None,
-    norm_mean: tuple[float, float, float] | None = None,
-    norm_std: tuple[float, float, float] | None = None,
-) -> FeatureExtractor:
+def saved_model_spec(path: str | os.PathLike[str]) -> ExtractorSpec:
+    """The spec of a saved model folder, built like any registered extractor.
+
+    Its factory takes ``layers``, ``pooling`` and ``include_logits`` (see
+    :func:`extractor_from_saved_model`) and gives the folder's safetensors file as the build's
+    default weights; its preprocessing and input size are the folder's.
+
+    Raises:
+        ConfigError: The folder is not a saved model.
+    """
+    folder = Path(path).expanduser().resolve()
+    config = read_model_config(folder)
+
+    def build_saved_model(
+        spec: ExtractorSpec,
+        *,
+        layers: str | Sequence[str] | None = None,
+        pooling: str = "avg",
+        include_logits: bool = False,
+    ) -> ModelBuild:
+        return _saved_model_build(folder, config, layers, pooling, include_logits)
+
+    pre_cfg = dict(config.get("preprocessing") or {})
+    return ExtractorSpec(
+        name=folder.name,
+        factory=build_saved_model,
+        license=str(config.get("license") or "unknown"),
+        input_size=int(config["tile_px"]),
+        preprocessing=Preprocessing(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in pre_cfg.items()}
+        ),
+        description=str(config.get("description") or f"saved {config['arch']} model"),
+        weights_required=False,
+        model_kwargs=("layers", "pooling", "include_logits"),
+    )
+
+
+def _saved_model_build(
+    folder: Path,
+    config: Mapping[str, Any],
+    layers: str | Sequence[str] | None,
+    pooling: str,
+    include_logits: bool,
+) -> ModelBuild:
+    """The saved timm network (random weights; the builder loads the folder's file)."""
+    import torch
+
+    # Deferred with torch: listing extractors imports this module, not torch.
+    from histobag.extractors.layers import normalise_layers
+
+    timm = _require_timm()
+    try:
+        network = timm.create_model(config["arch"], pretrained=False, **config["model_kwargs"])
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ConfigError(f"{folder}: cannot build timm architecture: {exc}") from None
+    network.eval()
+    names = normalise_layers(layers)
+    module = _saved_model_module(network, names, pooling, include_logits)
+    tile_px = int(config["tile_px"])
+    with torch.inference_mode():  # the width depends on the layers, not on the weights
+        width = module(torch.zeros(1, 3, tile_px, tile_px)).shape[1]
+    recorded = {
+        "layers": names if names != ["postconv"] else None,
+        "pooling": pooling if pooling != "avg" else None,
+        "include_logits": include_logits or None,
+    }
+    return ModelBuild(
+        module=module,
+        weights_target=network,
+        adapt_state_dict=functools.partial(_fill_tied, network),
+        num_features=int(width),
+        fixed_input_size=tile_px if _fixed_size(network) else None,
+        extractor_cls=SavedModelExtractor,
+        default_weights=folder / config["weights"],
+        recorded_kwargs={k: v for k, v in recorded.items() if v is not None},
+        extra={
+            "path": str(folder),
+            "config": dict(config),
+            "num_logits": len(config["outcome_labels"]) if include_logits else 0,
+        },
+    )
+
+
+def extractor_from_saved_model(path: str | os.PathLike[str], **kwargs: Any) -> FeatureExtractor:
     """Build a feature extractor from a saved model folder (see :func:`save_model`).
+
+    The same as :func:`histobag.build_feature_extractor` on the folder: it takes the same
+    arguments (``weights`` defaults to the folder's own file; another safetensors file of the
+    same architecture may be given), plus the saved model's own:
 
     Args:
         path: The saved model folder.
-        layers: Module name(s) of the network whose pooled activations are concatenated;
-            default ``"postconv"`` (the pooled pre-logits features).
-        pooling: ``"avg"`` or ``"max"`` pooling of spatial/token activations.
-        include_logits: Append the classifier's logits to each feature row (the extractor's
-            ``num_logits`` says how many trailing columns they are).
-        weights: Another safetensors file of the same architecture (default: the folder's).
-        device: ``"cuda"``, ``"cpu"``...; default CUDA if available.
-        mixed_precision: As in :func:`histobag.build_feature_extractor`.
-        resize: Preprocessing override, as in :func:`histobag.build_feature_extractor`.
-        center_crop: Preprocessing override.
-        interpolation: Preprocessing override.
-        antialias: Preprocessing override.
-        norm_mean: Preprocessing override.
-        norm_std: Preprocessing override.
+        **kwargs: ``weights``, ``device``, ``mixed_precision`` and the preprocessing overrides
+            as in :func:`histobag.build_feature_extractor`, and
+
+            - ``layers``: module name(s) of the network whose pooled activations are
+              concatenated; default ``"postconv"`` (the pooled pre-logits features);
+            - ``pooling``: ``"avg"`` or ``"max"`` pooling of spatial/token activations;
+            - ``include_logits``: append the classifier's logits to each feature row (the
+              extractor's ``num_logits`` says how many trailing columns they are).
 
     Returns:
         A ``SavedModelExtractor`` (a :class:`FeatureExtractor`); its ``extra`` holds the
@@ -305,107 +373,22 @@ def extractor_from_saved_model(
         CheckpointMismatchError: The weights do not fit the architecture (keys, shapes or
             dtypes).
     """
-    import torch
-
-    # Deferred with torch: listing extractors imports this module, not torch.
-    from histobag.extractors.layers import normalise_layers
-
-    folder = Path(path).expanduser().resolve()
-    config = read_model_config(folder)
-    timm = _require_timm()
-    try:
-        network = timm.create_model(config["arch"], pretrained=False, **config["model_kwargs"])
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise ConfigError(f"{folder}: cannot build timm architecture: {exc}") from None
-    network.eval()
-    weights_file = (
-        Path(weights).expanduser().resolve()  # recorded so: rebuildable from any directory
-        if weights is not None
-        else folder / config["weights"]
-    )
-    if weights_file.suffix != ".safetensors":
-        raise ExtractorArgumentError(f"Saved-model weights must be .safetensors: {weights_file}")
-    state_dict = read_checkpoint(weights_file)
-    # safetensors drops tied duplicates; fill them back from the module's own tensors
-    for key, value in network.state_dict().items():
-        if _is_tied(network, key, state_dict):
-            state_dict[key] = value
-    load_strict(network, state_dict, source=str(weights_file), model=folder.name)
-
-    names = normalise_layers(layers)
-    module = _saved_model_module(network, names, pooling, include_logits)
-    tile_px = int(config["tile_px"])
-    with torch.inference_mode():
-        width = module(torch.zeros(1, 3, tile_px, tile_px)).shape[1]
-    num_logits = len(config["outcome_labels"]) if include_logits else 0
-    pre_cfg = dict(config.get("preprocessing") or {})
-    pre_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in pre_cfg.items()}
-    default_pre = Preprocessing(**pre_cfg)
-    preprocessing = resolve_preprocessing(
-        default_pre,
-        tile_px,
-        resize=resize,
-        center_crop=center_crop,
-        interpolation=interpolation,
-        antialias=antialias,
-        norm_mean=norm_mean,
-        norm_std=norm_std,
-    )
-    spec = ExtractorSpec(
-        name=folder.name,
-        factory=extractor_from_saved_model,
-        license=str(config.get("license") or "unknown"),
-        num_features=int(width),
-        input_size=tile_px,
-        preprocessing=default_pre,
-        description=str(config.get("description") or f"saved {config['arch']} model"),
-        weights_required=False,
-    )
-    config_kwargs: dict[str, Any] = {
-        "layers": names if names != ["postconv"] else None,
-        "pooling": pooling if pooling != "avg" else None,
-        "include_logits": include_logits or None,
-        "weights": str(weights_file) if weights is not None else None,
-        "mixed_precision": False if not mixed_precision else None,
-        "resize": resize,
-        "center_crop": center_crop,
-        "interpolation": interpolation,
-        "antialias": antialias,
-        "norm_mean": list(norm_mean) if norm_mean is not None else None,
-        "norm_std": list(norm_std) if norm_std is not None else None,
-    }
-    config_kwargs = {k: v for k, v in config_kwargs.items() if v is not None}
-    build = ModelBuild(
-        module=module,
-        num_features=int(width),
-        preprocessing=preprocessing,
-        fixed_input_size=tile_px if _fixed_size(network) else None,
-        extra={"path": str(folder), "config": config, "num_logits": num_logits},
-    )
-    return SavedModelExtractor(
-        spec,
-        build,
-        preprocessing,
-        device=resolve_device(device),
-        mixed_precision=mixed_precision,
-        config_kwargs=config_kwargs,
-        weights_sha256=sha256sum(weights_file),
-        weights_source=str(weights_file),
-    )
+    return build_extractor(saved_model_spec(path), **kwargs)
 
 
-def _is_tied(network: torch.nn.Module, key: str, state_dict: Mapping[str, Any]) -> bool:
-    """Whether ``key`` is missing from the file only because it shares storage with a saved
-    tensor (safetensors stores shared tensors once)."""
-    if key in state_dict:
-        return False
+def _fill_tied(network: torch.nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with the tensors safetensors left out because they share storage with a
+    saved one (it stores shared tensors once) filled back from the network's own."""
     params = network.state_dict(keep_vars=True)
-    target = params[key]
-    return any(
-        other in state_dict and params[other].data_ptr() == target.data_ptr()
-        for other in params
-        if other != key
-    )
+    out = dict(state_dict)
+    for key, target in params.items():
+        if key not in state_dict and any(
+            other in state_dict and params[other].data_ptr() == target.data_ptr()
+            for other in params
+            if other != key
+        ):
+            out[key] = target.detach()
+    return out
 
 
 def _fixed_size(network: torch.nn.Module) -> bool:
