@@ -11,6 +11,7 @@ from typing import Any
 
 from histobag import __version__, validation
 from histobag.errors import ArgumentError, HistobagError
+from histobag.specs import EXTRACTOR_KINDS
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -24,26 +25,40 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the installed extractors as a table."""
     from histobag.extractors.registry import extractor_info, list_extractors
-    from histobag.plugins import plugin_failures
+    from histobag.plugins import disabled_packs, plugin_failures
 
-    names = list_extractors(license=args.license, tag=args.tag, pack=args.pack)
+    failures = plugin_failures()  # first, so they are printed below instead of warned
+    names = list_extractors(license=args.license, tag=args.tag, pack=args.pack, kind=args.kind)
     rows = []
     for name in names:
         spec = extractor_info(name)
         dims = spec.num_features if spec.num_features is not None else "?"
-        rows.append((name, spec.pack, spec.license, dims, "yes" if spec.gated else "no"))
+        gated = "yes" if spec.gated else "no"
+        rows.append((name, spec.kind, spec.pack, spec.license, dims, gated))
     if args.json:
         print(json.dumps([extractor_info(n).to_dict() for n in names], indent=2))
     elif rows:
-        print(_table(("name", "pack", "licence", "dims", "gated"), rows))
+        print(_table(("name", "kind", "pack", "licence", "dims", "gated"), rows))
     else:
         print(
             "No extractors installed"
-            + (" match these filters." if (args.license or args.tag or args.pack) else ".")
+            + (
+                " match these filters."
+                if (args.license or args.tag or args.pack or args.kind)
+                else "."
+            )
             + " Install a pack, e.g. `pip install histobag-apache`."
         )
-    for failure in plugin_failures():
+    for failure in failures:
         print(f"warning: {failure}", file=sys.stderr)
+        if args.debug and failure.traceback:
+            print(failure.traceback.rstrip(), file=sys.stderr)
+    for pack in disabled_packs() if args.debug else []:
+        print(
+            f"disabled by HISTOBAG_DISABLE_PACKS: {pack.distribution} {pack.version} "
+            f"(entry point {pack.entry_point})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -69,6 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("name", spec.name),
         ("aliases", ", ".join(spec.aliases) or "-"),
         ("description", spec.description or "-"),
+        ("kind", _kind_line(spec)),
         ("pack", f"{spec.pack} {spec.version}".strip()),
         ("licence", f"{spec.license}  {spec.license_url}".strip()),
         ("features", spec.num_features if spec.num_features is not None else "depends on args"),
@@ -88,6 +104,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind_line(spec: Any) -> str:
+    """``histobag info``'s line saying what the model consumes."""
+    if spec.kind == "tiles":
+        return "tiles (a tile encoder: tiles in, one feature vector per tile)"
+    source = f"{spec.tile_encoder} features" if spec.tile_encoder else "tile features"
+    return f"{spec.kind} (a slide encoder: consumes {source}; not for feature bags)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``histobag`` command."""
     parser = argparse.ArgumentParser(
@@ -100,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", help="only this SPDX licence, e.g. apache-2.0")
     p.add_argument("--tag", help="only models with this tag, e.g. foundation, imagenet")
     p.add_argument("--pack", help="only models from this distribution, e.g. histobag-gpl")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="also print failed packs' tracebacks and packs HISTOBAG_DISABLE_PACKS switched off",
+    )
+    p.add_argument(
+        "--kind",
+        choices=EXTRACTOR_KINDS,
+        help="only tile encoders (tiles) or slide encoders (tile_features)",
+    )
     p.add_argument("--json", action="store_true", help="print specs as JSON")
     p.set_defaults(func=cmd_list)
 
@@ -123,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalizer",
         help="stain normalizer, slideflow's names and meaning (preset v3): macenko | "
         "macenko_fast | reinhard | reinhard_fast | reinhard_mask | reinhard_fast_mask | vahadane",
+    )
+    p.add_argument(
+        "--tile-transform",
+        action="append",
+        metavar="NAME",
+        help="a registered tile transform, applied after the normalizer (repeat: in order)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
     p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
@@ -195,8 +235,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     checked = _check_extract_args(args)
     from histobag.bags import generate_feature_bags
     from histobag.dataset import Dataset
+    from histobag.engine import resolve_tile_transforms
     from histobag.errors import EmptyRunWarning
-    from histobag.extractors.registry import build_feature_extractor, extractor_info
+    from histobag.extractors.registry import (
+        build_feature_extractor,
+        extractor_info,
+        require_tile_encoder,
+    )
+
+    require_tile_encoder(args.extractor)  # a slide encoder is refused before any slide is read
 
     if args.project:
         from histobag.project import Project
@@ -205,6 +252,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         dataset = project.dataset(args.tile_px, checked["tile_um"])
     else:
         dataset = Dataset(args.slides, args.annotations, args.tile_px, checked["tile_um"])
+    tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
     kwargs = (
         {"tile_px": args.tile_px}
         if "tile_px" in extractor_info(args.extractor).required_kwargs
@@ -213,6 +261,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     extractor = build_feature_extractor(args.extractor, weights=args.weights, **kwargs)
     options = dict(
         normalizer=args.normalizer,
+        tile_transforms=tile_transforms,
         writer=args.writer,
         batch_size=args.batch_size,
         num_workers=checked["num_workers"],

@@ -31,18 +31,23 @@ def features_from_wsi(
     batch_size: int = 32,
     num_workers: int | str = "auto",
     normalizer: Any = None,
+    tile_transforms: Any = None,
 ) -> np.ma.MaskedArray:
     """Features of every tile of ``wsi`` as a masked array (rows, cols, F).
 
     Axis 0 is the grid row (y), axis 1 the grid column (x); positions without a feature
     (background, ROI-excluded, or removed by the grayspace/whitespace filters) are masked.
+    ``tile_transforms`` are registered tile transforms (a name, ``{"name", "kwargs"}``, or a
+    list of those; see :func:`histobag.engine.resolve_tile_transforms`), applied after the
+    stain normalizer.
     """
     # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     import numpy as np
 
-    from histobag.engine import CollectSink, Job, run
+    from histobag.engine import CollectSink, Job, resolve_tile_transforms, run
     from histobag.tile_readers import ExistingWSI
 
+    transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading
     sink = CollectSink()
     run(
         extractor,
@@ -51,6 +56,7 @@ def features_from_wsi(
         batch_size=batch_size,
         num_workers=num_workers,
         normalizer=normalizer,
+        tile_transforms=transforms,
     )
     result = sink.single("wsi")
     rows, cols = wsi.grid.shape
@@ -69,18 +75,21 @@ def features_from_tfrecord(
     batch_size: int = 32,
     num_workers: int | str = "auto",
     normalizer: Any = None,
+    tile_transforms: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 (N, F), coords int64 (N, 2)) for every record of a TFRecord.
 
     Coordinates are the records' ``loc_x``, ``loc_y``: level-0 tile centres, as slideflow
-    writes them.
+    writes them. ``tile_transforms`` as for :func:`features_from_wsi`.
     """
     # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
+    import numpy as np
     import torch
 
-    from histobag.engine import CollectSink, Job, run
+    from histobag.engine import CollectSink, Job, resolve_tile_transforms, run
     from histobag.tile_readers import OpenTFRecord
 
+    transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading
     sink = CollectSink()
     run(
         extractor,
@@ -89,6 +98,7 @@ def features_from_tfrecord(
         batch_size=batch_size,
         num_workers=num_workers,
         normalizer=normalizer,
+        tile_transforms=transforms,
     )
     result = sink.single("tfrecord")
     features = result.features

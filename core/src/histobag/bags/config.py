@@ -1,10 +1,11 @@
 """``bags_config.json``: how a folder of feature bags was made, and rebuilding from it.
 
 The file records the extractor (registered name + keyword arguments), the stain normalizer and
-its fit, the tile geometry, the writer and its coordinate convention, and for reproducibility
-the weights' sha256, the resolved preprocessing, the precision, package versions and the
-creation time. A resumed run compares the *fingerprint* (everything that changes features) and
-refuses to mix configurations in one folder.
+its fit, the tile transforms (registered names + keyword arguments, in order), the tile
+geometry, the writer and its coordinate convention, and for reproducibility the weights'
+sha256, the resolved preprocessing, the precision, package versions and the creation time. A
+resumed run compares the *fingerprint* (everything that changes features) and refuses to mix
+configurations in one folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +35,15 @@ from histobag.plugins import transform_specs
 CONFIG_NAME = "bags_config.json"
 
 #: Keys whose values must match for bags to be considered the same configuration.
-FINGERPRINT_KEYS = ("extractor", "normalizer", "num_features", "tile_px", "tile_um", "writer")
+FINGERPRINT_KEYS = (
+    "extractor",
+    "normalizer",
+    "tile_transforms",
+    "num_features",
+    "tile_px",
+    "tile_um",
+    "writer",
+)
 PROVENANCE_FINGERPRINT = ("weights_sha256", "preprocessing", "precision")
 
 
@@ -52,8 +62,13 @@ def make_config(
     tile_um: float | str,
     writer: str,
     coordinates: str,
+    tile_transforms: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """The configuration of a bag run (JSON-able)."""
+    """The configuration of a bag run (JSON-able).
+
+    ``tile_transforms`` are built :class:`histobag.engine.TileTransform` objects; each is
+    recorded as ``{"name", "kwargs"}`` and its pack's version goes with the other versions.
+    """
     provenance = extractor.provenance()
     pack = provenance.pop("pack")
     provenance["versions"] = {
@@ -62,11 +77,16 @@ def make_config(
         "torch": _version("torch"),
         "timm": _version("timm"),
     }
+    for transform in tile_transforms:
+        dist = transform.distribution
+        if dist and not dist.startswith("<"):  # not "<in-process>"
+            provenance["versions"].setdefault(dist, _version(dist))
     provenance["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     provenance["random_weights"] = extractor.weights_source == "random"
     return {
         "extractor": extractor.dump_config(),
         "normalizer": normalizer_config(normalizer),
+        "tile_transforms": [transform.to_dict() for transform in tile_transforms],
         "num_features": extractor.num_features,
         "tile_px": tile_px,
         "tile_um": tile_um,
@@ -90,9 +110,11 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a configuration that determines the features.
 
     A local weights file counts by its sha256 (``weights_sha256``), not by the spelling of its
-    path: the same file under another name, or moved, is the same configuration.
+    path: the same file under another name, or moved, is the same configuration. A
+    configuration written before tile transforms existed (no ``tile_transforms``) has none.
     """
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
+    out["tile_transforms"] = out["tile_transforms"] or []
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
     if _weights_file(config) is not None and out["weights_sha256"]:
@@ -223,10 +245,68 @@ def _validate(config: Any, file: Path) -> None:
             or not isinstance(norm.get("fit", {}), dict)
         ):
             problem = "'normalizer' must be null or {'method': <name>, 'fit': {...}}"
+        elif not _tile_transforms_record(config.get("tile_transforms")):
+            problem = "'tile_transforms' must be a list of {'name': <name>, 'kwargs': {...}}"
         elif not isinstance(config.get("writer"), str):
             problem = "'writer' must be a registered writer name"
     if problem:
         raise ConfigError(f"{file} is not a valid {CONFIG_NAME}: {problem}.")
+
+
+def _tile_transforms_record(record: Any) -> bool:
+    """Whether ``record`` is absent or a list of ``{"name": str, "kwargs": {plain values}}``."""
+    if record is None:
+        return True
+    return isinstance(record, list) and all(
+        isinstance(entry, dict)
+        and set(entry) <= {"name", "kwargs"}
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("kwargs", {}), dict)
+        and _json_scalar_tree(entry.get("kwargs", {}))
+        for entry in record
+    )
+
+
+def build_tile_transforms(config: dict[str, Any] | list[Any] | str | os.PathLike[str]) -> list[Any]:
+    """The tile transforms recorded in a bags configuration, built, in order.
+
+    Like the extractor and the normalizer, only registered names are built (through the
+    ``histobag_transforms`` hook, kind ``tile_transform``), with the recorded keyword
+    arguments. Each is a :class:`histobag.engine.TileTransform`: call it on a uint8
+    (B, 3, H, W) batch, after the stain normalizer, to get the tiles the extractor saw::
+
+        extractor, normalizer = rebuild_extractor("bags/")
+        transforms = build_tile_transforms("bags/")
+
+    Args:
+        config: A bags folder or its ``bags_config.json``, a configuration read with
+            :func:`read_config`, or its ``tile_transforms`` record. A configuration written
+            before tile transforms existed has none (an empty list).
+
+    Raises:
+        ConfigError: The file is missing or damaged, or a recorded transform is not
+            registered (its pack is not installed) or refuses the recorded arguments.
+    """
+    where = "the configuration"
+    if isinstance(config, (str, os.PathLike)):
+        file = config_path(config)
+        config, where = read_config(file), str(file)
+    record = config.get("tile_transforms") if isinstance(config, dict) else config
+    if not _tile_transforms_record(record):
+        raise ConfigError(
+            f"{where}: 'tile_transforms' must be a list of {{'name': <name>, 'kwargs': {{...}}}}, "
+            f"got {record!r}."
+        )
+    # Deferred: the engine imports torch; reading a configuration (histobag verify) must not.
+    from histobag.engine import resolve_tile_transforms
+
+    try:
+        return resolve_tile_transforms(record or [])
+    except HistobagError as exc:
+        raise ConfigError(
+            f"Cannot rebuild the tile transforms recorded in {where}: {exc} Install the pack "
+            "that provides it, or check the recorded arguments."
+        ) from exc
 
 
 def build_normalizer(config: dict[str, Any] | None) -> Any:
@@ -292,7 +372,8 @@ def rebuild_from_config(
     """(extractor, normalizer) as recorded in a bags folder or config file.
 
     Builds registered names only, with the recorded keyword arguments; never imports anything
-    named in the file.
+    named in the file. The tile transforms applied after the normalizer are rebuilt by
+    :func:`build_tile_transforms`.
 
     Args:
         path: A bags folder, or its ``bags_config.json``.

@@ -30,7 +30,7 @@ from histobag.bags.config import (
     read_config,
 )
 from histobag.bags.space import short_of_space
-from histobag.engine import Job, SlideResult, run
+from histobag.engine import Job, SlideResult, resolve_tile_transforms, run
 from histobag.errors import (
     ArgumentError,
     ConfigError,
@@ -39,7 +39,11 @@ from histobag.errors import (
     LowDiskSpaceWarning,
     StorageError,
 )
-from histobag.extractors.registry import build_feature_extractor, extractor_info
+from histobag.extractors.registry import (
+    build_feature_extractor,
+    extractor_info,
+    require_tile_encoder,
+)
 from histobag.extractors.saved import is_saved_model
 from histobag.files import remove_stale_temporaries, storage_error, write_json_atomic
 from histobag.io.bag_writers import BagWriter, get_writer
@@ -268,6 +272,7 @@ def generate_feature_bags(
     outdir: str | os.PathLike[str],
     *,
     normalizer: Any = None,
+    tile_transforms: Any = None,
     writer: str = "pt",
     batch_size: int = 32,
     num_workers: int | str = "auto",
@@ -285,6 +290,9 @@ def generate_feature_bags(
         dataset: A :class:`histobag.Dataset` (its tile size is used).
         outdir: Bags folder; created if needed.
         normalizer: A stain normalizer name (``"macenko"``...) or object, applied on the device.
+        tile_transforms: Registered tile transforms applied in order after the normalizer, on
+            the device: a name, ``{"name": ..., "kwargs": {...}}``, or a list of those.
+            Recorded in ``bags_config.json``; unknown names fail before any slide is opened.
         writer: ``"pt"`` (slideflow), ``"h5"`` (CLAM/TRIDENT), ``"safetensors"``, or a writer
             registered by a pack.
         batch_size: Tiles per model call: an integer >= 1.
@@ -310,6 +318,8 @@ def generate_feature_bags(
             (checked before anything is built or read; see :mod:`histobag.validation`).
         StorageError: ``outdir`` cannot be written (read-only, no permission, no space).
         ConfigError: ``outdir`` holds bags of another configuration and ``overwrite`` is False.
+        ExtractorArgumentError: ``extractor`` is a slide encoder (it consumes tile features);
+            refused before any slide is opened, naming the tile encoder to use.
     """
     start = time.perf_counter()
     outdir = validation.check_output_dir(outdir)
@@ -320,9 +330,11 @@ def generate_feature_bags(
     validation.check_choice("source", source, SOURCES)
     if not isinstance(writer, str):
         raise ArgumentError(f"writer must be a bag writer's name, got {writer!r}.")
+    require_tile_encoder(extractor)  # a slide encoder is refused before the dataset is read
     if getattr(dataset, "tile_px", None) is None or getattr(dataset, "tile_um", None) is None:
         raise ConfigError("This dataset has no tile size; pass tile_px= and tile_um=.")
     validation.check_tile_size(dataset.tile_px, dataset.tile_um)
+    tile_transforms = resolve_tile_transforms(tile_transforms)  # before a model is built
     extractor = build_extractor_for_run(extractor, dataset.tile_px)
     normalizer = build_normalizer_for_run(normalizer)
     bag_writer = get_writer(writer, outdir)
@@ -333,6 +345,7 @@ def generate_feature_bags(
         tile_um=dataset.tile_um,
         writer=writer,
         coordinates=bag_writer.coordinates,
+        tile_transforms=tile_transforms,
     )
     try:
         prepare_bags_folder(outdir, config, overwrite)
@@ -360,6 +373,7 @@ def generate_feature_bags(
             batch_size=batch_size,
             num_workers=num_workers,
             normalizer=normalizer,
+            tile_transforms=tile_transforms,
             spill_dir=outdir,
             progress=bars.tile,
         )

@@ -1,1 +1,2 @@
-"""Example third-party histobag pack: a tiny extractor of colour statistics."""
+"""Example third-party histobag pack: a tiny extractor of colour statistics and two tile
+transforms."""

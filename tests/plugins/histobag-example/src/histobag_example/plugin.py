@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from histobag import ExtractorSpec, Preprocessing, hookimpl
+from histobag import ExtractorSpec, Preprocessing, TransformSpec, hookimpl
 
 
 @hookimpl
@@ -22,4 +22,29 @@ def histobag_extractors() -> list[ExtractorSpec]:
             tags=("example",),
             weights_required=False,
         )
+    ]
+
+
+@hookimpl
+def histobag_transforms() -> list[TransformSpec]:
+    """Three tile transforms (their factories take JSON-able keyword arguments)."""
+    return [
+        TransformSpec(
+            name="example-invert",
+            factory="histobag_example.transforms:build_invert",
+            kind="tile_transform",
+            description="Invert channels (channels=[0, 1, 2] by default)",
+        ),
+        TransformSpec(
+            name="example-rot90",
+            factory="histobag_example.transforms:build_rot90",
+            kind="tile_transform",
+            description="Rotate each tile by k quarter turns (k=1 by default)",
+        ),
+        TransformSpec(
+            name="example-crop",
+            factory="histobag_example.transforms:build_crop",
+            kind="tile_transform",
+            description="Keep a height x width window at (top, left) of each tile",
+        ),
     ]
