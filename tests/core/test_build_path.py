@@ -252,3 +252,23 @@ def test_a_mismatch_warning_points_at_the_caller(tmp_path):
         with pytest.warns(WeightsMismatchWarning, match="not the official toy") as record:
             histobag.build_feature_extractor("toy", weights=file, device="cpu")
     assert record[0].filename == __file__
+
+
+def test_histobag_extract_takes_a_saved_model_folder(saved, tmp_path):
+    from histobag.bags.read import read_bag
+    from histobag.cli import main
+    from histobag.slide import WSI
+    from tests.core.bag_helpers import make_slides
+
+    slides = make_slides(tmp_path / "slides", n=1)
+    outdir = tmp_path / "bags"
+    args = ["extract", "--extractor", str(saved), "--slides", str(slides), "--tile-px"]
+    args += [str(TILE_PX), "--tile-um", "16", "--outdir", str(outdir), "--workers", "0"]
+    assert main([*args, "--no-progress"]) == 0
+    features, _, _ = read_bag(outdir, "slide-0")
+    wsi = WSI(slides / "slide-0.svs", TILE_PX, 16)
+    tiles, kept = wsi.read_tiles(np.arange(len(wsi)), return_mask=True)  # tissue filters
+    reference = extractor_from_saved_model(saved, device="cpu", mixed_precision=False)
+    expected = reference(tiles[kept]).numpy()
+    assert features.shape == (int(kept.sum()), reference.num_features)
+    np.testing.assert_allclose(features, expected, atol=1e-5)

@@ -133,7 +133,7 @@ def test_pickled_wsi_reopens_its_tile_reader(slide_path):
     assert copy._tiff is None and copy._osr is None
 
 
-def test_tiles_shared_by_neighbouring_regions_are_decoded_once(slide_path, monkeypatch):
+def test_tiles_shared_by_neighbouring_regions_are_decoded_once(slide_path):
     from histobag.slide import tiff_tiles
 
     slide = openslide.OpenSlide(str(slide_path))
@@ -154,12 +154,12 @@ def test_tiles_shared_by_neighbouring_regions_are_decoded_once(slide_path, monke
     np.testing.assert_array_equal(second, openslide_rgb(slide, (0, 224), 0, (3584, 224)))
     np.testing.assert_array_equal(first, openslide_rgb(slide, (0, 0), 0, (3584, 224)))
     # The cache is bounded: with room for 4 tiles, reading the strip again decodes it again.
-    monkeypatch.setattr(tiff_tiles, "CACHE_BYTES", 4 * 256 * 256 * 3)
+    assert reader._cache.capacity == tiff_tiles.CACHE_BYTES
     reader._cache.clear()
-    reader._cached_bytes = 0
+    reader._cache.capacity = 4 * 256 * 256 * 3
     decoded.clear()
     reader.read(0, 0, 0, 3584, 224)
     reader.read(0, 0, 0, 3584, 224)
     assert len(decoded) == 14 + 14
-    assert reader._cached_bytes <= 4 * 256 * 256 * 3
+    assert 0 < reader._cache.weight <= 4 * 256 * 256 * 3
     reader.close()

@@ -23,13 +23,13 @@ import histobag
 from histobag.bags.config import build_tile_transforms, read_config
 from histobag.bags.read import read_bag
 from histobag.cli import main as cli_main
-from histobag.engine import TileTransformError, resolve_tile_transforms
 from histobag.errors import (
     ArgumentError,
     ConfigError,
     EmptyRunWarning,
     HistobagError,
     PluginError,
+    TileTransformError,
 )
 from histobag.hookspecs import hookimpl
 from histobag.io.images import encode_image
@@ -38,6 +38,7 @@ from histobag.norm import autoselect
 from histobag.plugins import transform_specs
 from histobag.slide import WSI
 from histobag.specs import TRANSFORM_KINDS, TransformSpec
+from histobag.tile_transforms import resolve_tile_transforms
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
 

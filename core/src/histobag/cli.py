@@ -10,8 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from histobag import __version__, validation
-from histobag.errors import ArgumentError, HistobagError
+from histobag.analysis.cli import add_commands as add_analysis_commands
+from histobag.bags.manifest import verify_bags
+from histobag.errors import ArgumentError, EmptyRunWarning, HistobagError
+from histobag.extractors.registry import extractor_info, list_extractors, require_tile_encoder
+from histobag.plugins import disabled_packs, plugin_failures
 from histobag.specs import EXTRACTOR_KINDS
+from histobag.tile_transforms import resolve_tile_transforms
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -24,9 +29,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the installed extractors as a table."""
-    from histobag.extractors.registry import extractor_info, list_extractors
-    from histobag.plugins import disabled_packs, plugin_failures
-
     failures = plugin_failures()  # first, so they are printed below instead of warned
     names = list_extractors(license=args.license, tag=args.tag, pack=args.pack, kind=args.kind)
     rows = []
@@ -64,8 +66,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print everything known about one extractor."""
-    from histobag.extractors.registry import extractor_info
-
     spec = extractor_info(args.name)
     if args.json:
         print(json.dumps(spec.to_dict(), indent=2))
@@ -193,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", default="histobag-demo", help="where demo outputs go")
     p.set_defaults(func=cmd_demo)
 
-    from histobag.analysis.cli import add_commands
-
-    add_commands(sub)
+    add_analysis_commands(sub)
     return parser
 
 
@@ -233,32 +231,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     others), or with ``--strict`` when no bag results at all; 2 for bad options.
     """
     checked = _check_extract_args(args)
-    from histobag.bags import generate_feature_bags
-    from histobag.dataset import Dataset
-    from histobag.engine import resolve_tile_transforms
-    from histobag.errors import EmptyRunWarning
-    from histobag.extractors.registry import (
-        build_feature_extractor,
-        extractor_info,
-        require_tile_encoder,
-    )
-
     require_tile_encoder(args.extractor)  # a slide encoder is refused before any slide is read
+    # Deferred: slides (OpenSlide, pandas) and the engine (torch) load only when extracting.
+    from histobag.bags.generate import build_extractor_for_run, generate_feature_bags
+    from histobag.dataset import Dataset
+    from histobag.project import Project
 
     if args.project:
-        from histobag.project import Project
-
         project = Project(args.project)
         dataset = project.dataset(args.tile_px, checked["tile_um"])
     else:
         dataset = Dataset(args.slides, args.annotations, args.tile_px, checked["tile_um"])
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
-    kwargs = (
-        {"tile_px": args.tile_px}
-        if "tile_px" in extractor_info(args.extractor).required_kwargs
-        else {}
-    )
-    extractor = build_feature_extractor(args.extractor, weights=args.weights, **kwargs)
+    extractor = build_extractor_for_run(args.extractor, args.tile_px, weights=args.weights)
     options = dict(
         normalizer=args.normalizer,
         tile_transforms=tile_transforms,
@@ -297,8 +282,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash a bags folder's bags; exit 1 when any is damaged, missing or unrecorded."""
-    from histobag.bags.manifest import verify_bags
-
     report = verify_bags(args.outdir)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -309,6 +292,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the end-to-end demo."""
+    # Deferred: the demo needs everything (slides, torch, the analysis extra).
     from histobag.demo import run_demo
 
     return run_demo(extractor=args.extractor, outdir=args.outdir)

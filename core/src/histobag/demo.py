@@ -7,9 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from histobag.analysis.dataset_features import DatasetFeatures
-from histobag.analysis.mosaic import Mosaic
-from histobag.analysis.slidemap import SlideMap
+# Through the package: without the histobag[analysis] extra the demo stops here, saying so.
+from histobag.analysis import DatasetFeatures, Mosaic, SlideMap
 from histobag.analysis.tiles import tile_source_for
 from histobag.errors import WeightsError
 from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor, list_extractors

@@ -126,6 +126,11 @@ class MissingDependencyError(HistobagError, ImportError):
         self.extra = extra
 
 
+class TileTransformError(PluginError):
+    """A tile transform raised, or returned something other than uint8 (B, 3, H', W') on the
+    device of its input; the slide being extracted fails, naming the transform."""
+
+
 class HistobagWarning(UserWarning):
     """Base class of the warnings histobag issues."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag.extractors.inputs import InputHandler, register_input_handler
+from histobag.tile_transforms import resolve_tile_transforms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,13 +39,13 @@ def features_from_wsi(
     Axis 0 is the grid row (y), axis 1 the grid column (x); positions without a feature
     (background, ROI-excluded, or removed by the grayspace/whitespace filters) are masked.
     ``tile_transforms`` are registered tile transforms (a name, ``{"name", "kwargs"}``, or a
-    list of those; see :func:`histobag.engine.resolve_tile_transforms`), applied after the
+    list of those; see :func:`histobag.tile_transforms.resolve_tile_transforms`), applied after the
     stain normalizer.
     """
     # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     import numpy as np
 
-    from histobag.engine import CollectSink, Job, resolve_tile_transforms, run
+    from histobag.engine import CollectSink, Job, run
     from histobag.tile_readers import ExistingWSI
 
     transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading
@@ -86,7 +87,7 @@ def features_from_tfrecord(
     import numpy as np
     import torch
 
-    from histobag.engine import CollectSink, Job, resolve_tile_transforms, run
+    from histobag.engine import CollectSink, Job, run
     from histobag.tile_readers import OpenTFRecord
 
     transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading

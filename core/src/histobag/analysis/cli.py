@@ -1,7 +1,9 @@
 """``histobag mosaic | umap | stats``: analyses of a bags folder from the command line.
 
-:func:`add_commands` registers the subcommands on the main parser's subparsers; every heavy
-import happens inside the handlers.
+:func:`add_commands` registers the subcommands on the main parser's subparsers. The parser is
+built for every command (``histobag list`` too), so this module stays light: the analysis
+modules (pandas, torch, slides) are imported inside the handlers. ``umap`` and ``mosaic``
+check for the ``histobag[analysis]`` extra before reading anything.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from histobag.analysis import MAP_MODULES, require_extra
+from histobag.errors import ConfigError
 
 __all__ = ["add_commands", "cmd_mosaic", "cmd_stats", "cmd_umap"]
 
@@ -72,11 +77,10 @@ def _labels(annotations: str | None, label: str | None, project: str | None = No
     """``(labels, unique)`` from a CSV (or a project's annotations), or None."""
     if label is None:
         return None
-    from histobag.dataset import Dataset
-    from histobag.errors import ConfigError
+    from histobag.dataset import Dataset  # heavy (slides): only when the command runs
 
     if annotations is None and project is not None:
-        from histobag.project import Project
+        from histobag.project import Project  # heavy (slides): only when a project is named
 
         annotations = Project(project).annotations
     if annotations is None:
@@ -98,6 +102,8 @@ def _umap_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_umap(args: argparse.Namespace) -> int:
     """Write a UMAP plot of a bags folder, labelled by an annotation column."""
+    require_extra("histobag umap", MAP_MODULES)
+    # heavy (pandas, torch): imported when the command runs, not when the parser is built
     from histobag.analysis.dataset_features import DatasetFeatures
     from histobag.analysis.slidemap import SlideMap
 
@@ -113,6 +119,8 @@ def cmd_umap(args: argparse.Namespace) -> int:
 
 def cmd_mosaic(args: argparse.Namespace) -> int:
     """Write a mosaic map of a bags folder, tile images from the project or slides."""
+    require_extra("histobag mosaic", MAP_MODULES)
+    # heavy (pandas, torch, slides): imported when the command runs, not when the parser is built
     from histobag.analysis.dataset_features import DatasetFeatures
     from histobag.analysis.mosaic import Mosaic
     from histobag.analysis.slidemap import SlideMap
@@ -122,7 +130,7 @@ def cmd_mosaic(args: argparse.Namespace) -> int:
     labels = _labels(args.annotations, args.label, args.project)
     dsf = DatasetFeatures.from_bags(args.bags, annotations=labels)
     if args.project:
-        from histobag.project import Project
+        from histobag.project import Project  # heavy (slides): only when a project is named
 
         dataset = Project(args.project).dataset(dsf.tile_px, dsf.tile_um)
     else:
@@ -147,6 +155,9 @@ def cmd_mosaic(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Write tile- and slide-level statistics (and optional box plots) of a bags folder."""
+    if args.box_plots > 0:
+        require_extra("histobag stats --box-plots", ("matplotlib",))
+    # heavy (pandas, torch): imported when the command runs, not when the parser is built
     from histobag.analysis.dataset_features import DatasetFeatures
 
     dsf = DatasetFeatures.from_bags(args.bags, annotations=_labels(args.annotations, args.label))

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from histobag import validation
-from histobag.bags.config import make_config
+from histobag.analysis.features import load_model_extractor, saved_normalizer, split_logits
+from histobag.analysis.plots import box_plot_figure, save_figure
+from histobag.analysis.stats import feature_tests, normalise_labels, slide_values, tile_groups
+from histobag.bags.config import make_config, read_config
 from histobag.bags.generate import (
     BagRunReport,
     BagSink,
@@ -25,8 +28,11 @@ from histobag.bags.generate import (
     prepare_bags_folder,
     slide_jobs,
 )
+from histobag.bags.read import read_bag
 from histobag.engine import CollectSink, SlideResult, run
 from histobag.errors import HistobagError
+from histobag.extractors.saved import is_saved_model
+from histobag.files import atomic_path
 from histobag.io.bag_writers import get_writer
 
 if TYPE_CHECKING:
@@ -78,13 +84,6 @@ class DatasetFeatures:
         layers: str | Sequence[str] | None = None,
         include_logits: bool | None = None,
     ) -> None:
-        from histobag.analysis.features import (
-            load_model_extractor,
-            saved_normalizer,
-            split_logits,
-        )
-        from histobag.extractors.saved import is_saved_model
-
         batch_size = validation.check_batch_size(batch_size)
         num_workers = validation.check_num_workers(num_workers)
         max_tiles = validation.non_negative_int("max_tiles", max_tiles)
@@ -151,9 +150,6 @@ class DatasetFeatures:
         The extractor is not rebuilt (:attr:`extractor` is None); :attr:`config` holds the
         folder's configuration and :attr:`coordinates` the bags' coordinate convention.
         """
-        from histobag.bags.config import read_config
-        from histobag.bags.read import read_bag
-
         folder = Path(bags_dir)
         config = read_config(folder)
         writer = get_writer(config["writer"], folder)
@@ -304,8 +300,6 @@ class DatasetFeatures:
 
     def to_csv(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Write :meth:`to_df` as CSV (atomically); keyword arguments go to :meth:`to_df`."""
-        from histobag.files import atomic_path
-
         path = Path(path)
         with atomic_path(path) as tmp:
             self.to_df(**kwargs).to_csv(tmp, index=False)
@@ -348,8 +342,6 @@ class DatasetFeatures:
             (columns ``feature, statistic, p, p_fdr, mean_<category>..., n_<category>...``).
             A level where some category has fewer than two observations gives NaN p-values.
         """
-        from histobag.analysis.stats import feature_tests, slide_values, tile_groups
-
         acts, labels = self._labelled()
         tile_df = feature_tests(tile_groups(acts, labels), test)
         per_slide = slide_values(acts, method, threshold)
@@ -359,8 +351,6 @@ class DatasetFeatures:
         }
         slide_df = feature_tests(slide_groups, test)
         if outdir is not None:
-            from histobag.files import atomic_path
-
             outdir = Path(outdir)
             outdir.mkdir(parents=True, exist_ok=True)
             for df, name in ((tile_df, "tile_stats.csv"), (slide_df, "slide_stats.csv")):
@@ -378,9 +368,6 @@ class DatasetFeatures:
     ) -> list[Path]:
         """One PNG per feature (``box_plot_<n>.png``): tile-level and slide-level box plots,
         categories side by side. Returns the paths."""
-        from histobag.analysis.plots import box_plot_figure, save_figure
-        from histobag.analysis.stats import slide_values, tile_groups
-
         acts, labels = self._labelled()
         tiles = tile_groups(acts, labels)
         per_slide = slide_values(acts, method, threshold)
@@ -430,13 +417,6 @@ class DatasetFeatures:
             f"DatasetFeatures(extractor={tag!r}, slides={len(self.slides)}, "
             f"tiles={self.num_tiles}, num_features={self.num_features})"
         )
-
-
-def normalise_labels(annotations: Any) -> dict[str, str]:
-    """See :func:`histobag.analysis.stats.normalise_labels`."""
-    from histobag.analysis.stats import normalise_labels as _normalise
-
-    return _normalise(annotations)
 
 
 __all__ = ["DatasetFeatures"]

@@ -9,8 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from histobag.bags.config import build_normalizer
+from histobag.bags.generate import build_normalizer_for_run
 from histobag.errors import ExtractorArgumentError
 from histobag.extraction import features_from_wsi, is_wsi
+from histobag.extractors.preprocess import to_batch
+from histobag.extractors.registry import build_feature_extractor, extractor_info
+from histobag.extractors.saved import extractor_from_saved_model, is_saved_model
 
 __all__ = ["Features", "load_model_extractor", "split_logits"]
 
@@ -36,8 +41,6 @@ def load_model_extractor(
         tile_px: Tile size, for registered models that need it.
         **kwargs: Passed to the builder (``device``, ``mixed_precision``...).
     """
-    from histobag.extractors.saved import extractor_from_saved_model, is_saved_model
-
     if not isinstance(model, (str, os.PathLike)):
         if layers not in _DEFAULT_LAYERS or include_logits:
             raise ExtractorArgumentError(
@@ -54,8 +57,6 @@ def load_model_extractor(
             f"include_logits needs a saved model with a classifier; {model!r} is not a saved "
             "model folder."
         )
-    from histobag.extractors.registry import build_feature_extractor, extractor_info
-
     spec = extractor_info(str(model))
     if layers not in _DEFAULT_LAYERS:  # models without a layers= argument give postconv
         kwargs["layers"] = layers
@@ -79,8 +80,6 @@ def saved_normalizer(extractor: Any) -> Any:
     config = (getattr(extractor, "extra", None) or {}).get("config") or {}
     if not config.get("normalizer"):
         return None
-    from histobag.bags.config import build_normalizer
-
     return build_normalizer(config["normalizer"])
 
 
@@ -124,9 +123,7 @@ class Features:
         if normalizer == "auto":
             self.normalizer = saved_normalizer(self.extractor)
         else:
-            from histobag.bags.generate import build_normalizer_for_run as resolve_normalizer
-
-            self.normalizer = resolve_normalizer(normalizer)
+            self.normalizer = build_normalizer_for_run(normalizer)
         self.batch_size = batch_size
         self.num_workers = num_workers
 
@@ -155,8 +152,6 @@ class Features:
                 normalizer=self.normalizer,
             )
         else:
-            from histobag.extractors.preprocess import to_batch
-
             batch = to_batch(obj).to(self.extractor.device)
             if self.normalizer is not None:  # as the engine does: stain-normalise, then model
                 batch = self.normalizer.transform(batch)

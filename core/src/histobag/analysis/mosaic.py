@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from histobag.analysis.mosaic_grid import GridAssignment, assign_grid
-from histobag.analysis.plots import is_continuous
+from histobag.analysis.plots import category_colors, is_continuous, new_figure, save_figure
 from histobag.errors import HistobagError
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ class Mosaic:
         """The mosaic as a uint8 RGB image (white background), one tile per filled cell."""
         from PIL import Image
 
-        from histobag.analysis.plots import category_colors
-
         px = self._tile_px()
         canvas = np.full((self.grid.num_y * px, self.grid.num_x * px, 3), 255, np.uint8)
         data = self.slide_map.data
@@ -147,8 +145,6 @@ class Mosaic:
 
     def plot(self, *, title: str | None = None) -> Figure:
         """The mosaic as a matplotlib figure (with a legend of label colours if bordered)."""
-        from histobag.analysis.plots import category_colors, new_figure
-
         side, dpi = RESOLUTIONS[self.resolution]
         canvas = self.render()
         aspect = canvas.shape[0] / canvas.shape[1]
@@ -174,8 +170,6 @@ class Mosaic:
 
     def save(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Render and save the mosaic image (PNG, JPEG...); returns the path."""
-        from histobag.analysis.plots import save_figure
-
         return save_figure(self.plot(**kwargs), path)
 
     def points_table(self) -> Any:

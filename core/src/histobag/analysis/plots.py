@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histobag.files import atomic_path
+from histobag.optional import require
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -17,6 +20,7 @@ __all__ = ["box_plot_figure", "category_colors", "is_continuous", "new_figure", 
 
 def new_figure(figsize: tuple[float, float] = (6, 6), dpi: int = 100) -> Figure:
     """A matplotlib Figure not tied to pyplot (safe in threads and without a display)."""
+    require("matplotlib", extra="analysis", purpose="Drawing figures")
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, dpi=dpi)
@@ -24,8 +28,6 @@ def new_figure(figsize: tuple[float, float] = (6, 6), dpi: int = 100) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], **kwargs: object) -> Path:
     """Save ``fig`` atomically (temporary name, then rename) and return the path."""
-    from histobag.files import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
@@ -41,8 +43,7 @@ def is_continuous(values: Any) -> bool:
 
 def category_colors(categories: list[str]) -> dict[str, tuple[float, float, float, float]]:
     """A distinct colour per category (tab10, then tab20)."""
-    from matplotlib import colormaps
-
+    colormaps = require("matplotlib", extra="analysis", purpose="Colouring categories").colormaps
     cmap = colormaps["tab10" if len(categories) <= 10 else "tab20"]
     return {c: cmap(i % cmap.N) for i, c in enumerate(categories)}
 

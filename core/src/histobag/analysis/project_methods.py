@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from histobag.analysis import require_extra
+from histobag.analysis.dataset_features import DatasetFeatures
+from histobag.analysis.mosaic import Mosaic
+from histobag.analysis.slidemap import SlideMap
+from histobag.analysis.tiles import tile_source_for
 from histobag.errors import ConfigError, HistobagError
-
-if TYPE_CHECKING:
-    from histobag.analysis.dataset_features import DatasetFeatures
-    from histobag.analysis.mosaic import Mosaic
+from histobag.extractors.saved import is_saved_model, read_model_config
+from histobag.naming import safe_name
 
 __all__ = ["MOSAIC_KWARGS", "generate_features", "generate_mosaic", "restrict_features"]
 
@@ -44,9 +47,6 @@ def generate_features(
         **kwargs: :class:`DatasetFeatures` arguments (``layers``, ``batch_size``,
             ``max_tiles``, ``normalizer``, ``annotations``...).
     """
-    from histobag.analysis.dataset_features import DatasetFeatures
-    from histobag.extractors.saved import is_saved_model, read_model_config
-
     if dataset is None:
         if not (isinstance(model, (str, os.PathLike)) and is_saved_model(model)):
             raise ConfigError(
@@ -121,12 +121,7 @@ def generate_mosaic(
             ``leniency``, ``resolution``, ``borders``) and UMAP arguments (``n_neighbors``,
             ``min_dist``, ``metric``, ``n_epochs``...).
     """
-    from histobag.analysis.dataset_features import DatasetFeatures
-    from histobag.analysis.mosaic import Mosaic
-    from histobag.analysis.slidemap import SlideMap
-    from histobag.analysis.tiles import tile_source_for
-    from histobag.naming import safe_name
-
+    require_extra("Project.generate_mosaic")
     if isinstance(df, (str, os.PathLike)):
         df = DatasetFeatures.from_bags(df)
     if dataset is None:

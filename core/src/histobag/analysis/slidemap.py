@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histobag.analysis.plots import is_continuous
+from histobag.analysis.plots import category_colors, is_continuous, new_figure, save_figure
+from histobag.analysis.stats import normalise_labels
 from histobag.errors import HistobagError
+from histobag.files import atomic_path
+from histobag.optional import require
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,8 +96,7 @@ def umap_embedding(
     if n < 5:  # UMAP's spectral layout needs a handful of points; use PCA for tiny inputs
         coords = _pca2(features)
     else:
-        import umap
-
+        umap = require("umap", extra="analysis", purpose="A UMAP slide map")
         reducer = umap.UMAP(
             n_neighbors=min(n_neighbors, n - 1),
             min_dist=min_dist,
@@ -110,8 +112,6 @@ def umap_embedding(
             coords = reducer.fit_transform(features)
     coords = np.asarray(coords, dtype=np.float32)
     if umap_cache is not None:
-        from histobag.files import atomic_path
-
         with atomic_path(Path(umap_cache)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, coords=coords, hash=np.asarray(key))
     return coords
@@ -378,8 +378,6 @@ class SlideMap:
     def label_by_slide(self, labels: Any) -> SlideMap:
         """Label points by their slide's label (dict slide → label, or ``(labels, unique)``
         from ``Dataset.labels``); unlabelled slides get no label. Returns self."""
-        from histobag.analysis.stats import normalise_labels
-
         names = normalise_labels(labels)
         self.data["label"] = self.data["slide"].map(names)
         return self
@@ -420,8 +418,6 @@ class SlideMap:
             dpi: Dots per inch.
             legend: Draw the legend / colour bar.
         """
-        from histobag.analysis.plots import category_colors, new_figure
-
         data = self.data
         if subsample and len(data) > subsample:
             rows = np.random.default_rng(0).choice(len(data), subsample, replace=False)
@@ -463,8 +459,6 @@ class SlideMap:
     def save(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """Save :meth:`plot` (keyword arguments go there) as an image; returns the path.
         The legend's texts are then in :attr:`legend_labels`."""
-        from histobag.analysis.plots import save_figure
-
         return save_figure(self.plot(**kwargs), path)
 
     def plot_3d(
@@ -477,8 +471,6 @@ class SlideMap:
         title: str | None = None,
     ) -> Figure:
         """3-D scatter: x, y from the map, z the value of ``feature``, coloured by label."""
-        from histobag.analysis.plots import category_colors, new_figure
-
         if self.features is None:
             raise HistobagError("This map has no features (loaded from coordinates).")
         rows = np.arange(len(self))
@@ -509,8 +501,6 @@ class SlideMap:
 
     def save_3d_plot(self, path: str | os.PathLike[str], feature: int, **kwargs: Any) -> Path:
         """Save :meth:`plot_3d` as an image; returns the path."""
-        from histobag.analysis.plots import save_figure
-
         return save_figure(self.plot_3d(feature, **kwargs), path)
 
     # ---------------------------------------------------------------- files
@@ -525,8 +515,6 @@ class SlideMap:
 
     def save_coords(self, path: str | os.PathLike[str]) -> Path:
         """Write the points (and logits) as ``.npz`` or ``.parquet`` (never a pickle)."""
-        from histobag.files import atomic_path
-
         path = Path(path)
         columns = {c: self.data[c].to_numpy() for c in self.data.columns}
         if "label" in columns and not is_continuous(self.data["label"]):
@@ -547,9 +535,10 @@ class SlideMap:
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, _meta=np.asarray(json.dumps(self._meta())), **columns)
         elif path.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
+            pa = require("pyarrow", extra="analysis", purpose="SlideMap.save_coords to .parquet")
+            pq = require(
+                "pyarrow.parquet", extra="analysis", purpose="SlideMap.save_coords to .parquet"
+            )
             table = pa.table(columns)
             table = table.replace_schema_metadata({"histobag": json.dumps(self._meta())})
             with atomic_path(path) as tmp:
@@ -569,8 +558,7 @@ class SlideMap:
                 meta = json.loads(str(npz["_meta"]))
                 columns = {k: npz[k] for k in npz.files if k != "_meta"}
         elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
+            pq = require("pyarrow.parquet", extra="analysis", purpose="SlideMap.load of .parquet")
             table = pq.read_table(path)
             meta = json.loads((table.schema.metadata or {}).get(b"histobag", b"{}"))
             columns = {name: table.column(name).to_numpy() for name in table.column_names}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from histobag.errors import HistobagError
+from histobag.naming import safe_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,8 +27,6 @@ def normalise_labels(annotations: Any) -> dict[str, str]:
     Slide names are keyed by their sanitised form (:func:`histobag.naming.safe_name`), the
     name their features and bags carry.
     """
-    from histobag.naming import safe_name
-
     return {safe_name(s): v for s, v in _as_names(annotations).items()}
 
 
@@ -97,8 +97,6 @@ def _run_test(groups: Sequence[np.ndarray], test: str) -> tuple[np.ndarray, np.n
         nan = np.full(groups[0].shape[1], np.nan)
         return nan, nan.copy()
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # constant features give NaN, reported as such
             fn = stats.f_oneway if test == "anova" else stats.kruskal

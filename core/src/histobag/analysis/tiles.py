@@ -8,7 +8,6 @@ convention (``"top_left"``, or ``"centre"`` as slideflow's ``.index.npz`` bags s
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from histobag.errors import HistobagError
+from histobag.io.tfrecord import TFRecordReader
+from histobag.lru import LRUCache
+from histobag.naming import safe_name
+from histobag.slide import WSI
 
 __all__ = [
     "ArrayTileSource",
@@ -33,25 +36,8 @@ class TileImageSource(Protocol):
         """uint8 (H, W, 3), or None when the tile is not available."""
 
 
-class _Cache:
-    """A few open handles, least recently used closed first."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self.items: OrderedDict[str, Any] = OrderedDict()
-
-    def get(self, key: str, make: Any) -> Any:
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = make()
-        self.items[key] = value
-        while len(self.items) > self.size:
-            _, old = self.items.popitem(last=False)
-            close = getattr(old, "close", None)
-            if close is not None:
-                close()
-        return value
+#: Slides or TFRecords a tile source keeps open (least recently used closed first).
+OPEN_FILES = 4
 
 
 class SlideTileSource:
@@ -79,11 +65,9 @@ class SlideTileSource:
         self.tile_um = tile_um
         self.coordinates = coordinates
         self.mpp = mpp
-        self._open = _Cache()
+        self._open: LRUCache[str, WSI] = LRUCache(OPEN_FILES, on_evict=lambda wsi: wsi.close())
 
-    def _wsi(self, slide: str) -> Any:
-        from histobag.slide import WSI
-
+    def _wsi(self, slide: str) -> WSI:
         return WSI(self.slides[slide], self.tile_px, self.tile_um, tissue=None, mpp=self.mpp)
 
     def read(self, slide: str, x: int, y: int) -> np.ndarray | None:
@@ -91,12 +75,16 @@ class SlideTileSource:
         if slide not in self.slides:
             return None
         try:
-            wsi = self._open.get(slide, lambda: self._wsi(slide))
+            wsi = self._open.get_or_make(slide, lambda: self._wsi(slide))
             if self.coordinates == "centre":
                 x, y = x - wsi.full_extract_px // 2, y - wsi.full_extract_px // 2
             return wsi.read_tile_at(int(x), int(y))
         except HistobagError:
             return None
+
+
+#: An open TFRecord: its reader, location -> record index, and the grid step.
+_Indexed = tuple[TFRecordReader, dict[tuple[int, int], int], int]
 
 
 class TFRecordTileSource:
@@ -123,11 +111,11 @@ class TFRecordTileSource:
         self.tfrecords = {str(k): Path(v) for k, v in tfrecords.items()}
         self.coordinates = coordinates
         self.extent_px = extent_px
-        self._open = _Cache()
+        self._open: LRUCache[str, _Indexed] = LRUCache(
+            OPEN_FILES, on_evict=lambda opened: opened[0].close()
+        )
 
-    def _reader(self, slide: str) -> tuple[Any, dict[tuple[int, int], int], int]:
-        from histobag.io.tfrecord import TFRecordReader
-
+    def _reader(self, slide: str) -> _Indexed:
         reader = TFRecordReader(self.tfrecords[slide])
         locs = np.asarray(reader.locations, np.int64).reshape(-1, 2)
         lookup = {(int(a), int(b)): i for i, (a, b) in enumerate(locs)}
@@ -138,7 +126,7 @@ class TFRecordTileSource:
         """The record whose tile is at (x, y), decoded, or None."""
         if slide not in self.tfrecords:
             return None
-        reader, lookup, step = self._open.get(slide, lambda: self._reader(slide))
+        reader, lookup, step = self._open.get_or_make(slide, lambda: self._reader(slide))
         cx, cy = (x, y) if self.coordinates == "centre" else (x + step // 2, y + step // 2)
         index = lookup.get((int(cx), int(cy)))
         if index is None and len(reader):
@@ -184,8 +172,6 @@ def tile_source_for(
     ``tile_px``/``tile_um`` default to the dataset's (pass a bags folder's when the dataset
     has none).
     """
-    from histobag.naming import safe_name
-
     tile_px = tile_px or dataset.tile_px
     tile_um = tile_um or dataset.tile_um
     tfrecords = {Path(p).stem: p for p in dataset.tfrecords()} if dataset.tfrecords_dir else {}

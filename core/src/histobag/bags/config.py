@@ -31,6 +31,7 @@ from histobag.errors import (
 from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor
 from histobag.norm import normalizer_config
 from histobag.plugins import transform_specs
+from histobag.tile_transforms import resolve_tile_transforms
 
 CONFIG_NAME = "bags_config.json"
 
@@ -66,7 +67,7 @@ def make_config(
 ) -> dict[str, Any]:
     """The configuration of a bag run (JSON-able).
 
-    ``tile_transforms`` are built :class:`histobag.engine.TileTransform` objects; each is
+    ``tile_transforms`` are built :class:`histobag.tile_transforms.TileTransform` objects; each is
     recorded as ``{"name", "kwargs"}`` and its pack's version goes with the other versions.
     """
     provenance = extractor.provenance()
@@ -272,7 +273,7 @@ def build_tile_transforms(config: dict[str, Any] | list[Any] | str | os.PathLike
 
     Like the extractor and the normalizer, only registered names are built (through the
     ``histobag_transforms`` hook, kind ``tile_transform``), with the recorded keyword
-    arguments. Each is a :class:`histobag.engine.TileTransform`: call it on a uint8
+    arguments. Each is a :class:`histobag.tile_transforms.TileTransform`: call it on a uint8
     (B, 3, H, W) batch, after the stain normalizer, to get the tiles the extractor saw::
 
         extractor, normalizer = rebuild_extractor("bags/")
@@ -297,9 +298,6 @@ def build_tile_transforms(config: dict[str, Any] | list[Any] | str | os.PathLike
             f"{where}: 'tile_transforms' must be a list of {{'name': <name>, 'kwargs': {{...}}}}, "
             f"got {record!r}."
         )
-    # Deferred: the engine imports torch; reading a configuration (histobag verify) must not.
-    from histobag.engine import resolve_tile_transforms
-
     try:
         return resolve_tile_transforms(record or [])
     except HistobagError as exc:

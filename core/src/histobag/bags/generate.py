@@ -30,7 +30,7 @@ from histobag.bags.config import (
     read_config,
 )
 from histobag.bags.space import short_of_space
-from histobag.engine import Job, SlideResult, resolve_tile_transforms, run
+from histobag.engine import Job, SlideResult, run
 from histobag.errors import (
     ArgumentError,
     ConfigError,
@@ -51,6 +51,7 @@ from histobag.naming import safe_name
 from histobag.slide import WSI
 from histobag.slide.magnification import tile_microns
 from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
+from histobag.tile_transforms import resolve_tile_transforms
 
 REPORT_NAME = "run_report.json"
 SOURCES = ("auto", "slides", "tfrecords")
@@ -178,15 +179,14 @@ class BagSink:
             logger.warning("Could not update %s: %s", REPORT_NAME, exc)
 
 
-def build_extractor_for_run(extractor: Any, tile_px: int) -> Any:
-    """``extractor`` built with its defaults when given by name (or saved-model folder)."""
+def build_extractor_for_run(extractor: Any, tile_px: int, weights: Any = None) -> Any:
+    """``extractor`` built with its defaults when given by name or saved-model folder (a
+    model that needs ``tile_px``, such as an ImageNet CNN, gets the dataset's)."""
     if not isinstance(extractor, str):
         return extractor
-    if is_saved_model(extractor):
-        return build_feature_extractor(extractor)
-
-    spec = extractor_info(extractor)
-    kwargs = {"tile_px": tile_px} if "tile_px" in spec.required_kwargs else {}
+    kwargs: dict[str, Any] = {} if weights is None else {"weights": weights}
+    if not is_saved_model(extractor) and "tile_px" in extractor_info(extractor).required_kwargs:
+        kwargs["tile_px"] = tile_px
     return build_feature_extractor(extractor, **kwargs)
 
 

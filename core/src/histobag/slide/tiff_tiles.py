@@ -13,11 +13,12 @@ region whose tiles fail to decode.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import tifffile
+
+from histobag.lru import LRUCache
 
 __all__ = ["TiledTiffLevels"]
 
@@ -80,8 +81,9 @@ class TiledTiffLevels:
     """
 
     def __init__(self, path: str | os.PathLike[str], levels: Sequence[tuple[int, int]]) -> None:
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
+        self._cache: LRUCache[tuple[int, int], np.ndarray] = LRUCache(
+            CACHE_BYTES, weigh=lambda tile: tile.nbytes
+        )
         self._tif = tifffile.TiffFile(os.fspath(path))
         by_size = {}
         for page in self._tif.pages:
@@ -137,21 +139,16 @@ class TiledTiffLevels:
         key = (level, index)
         tile = self._cache.get(key)
         if tile is not None:
-            self._cache.move_to_end(key)
             return tile
         handle = self._tif.filehandle
         handle.seek(int(info.offsets[index]))
         data = handle.read(int(info.counts[index]))
         tile = info.page.decode(data, index, jpegtables=info.jpegtables)[0]
         tile = tile.reshape(tile.shape[-3:])
-        self._cache[key] = tile
-        self._cached_bytes += tile.nbytes
-        while self._cached_bytes > CACHE_BYTES:
-            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        self._cache.put(key, tile)
         return tile
 
     def close(self) -> None:
         """Close the file and drop the cached tiles."""
         self._cache.clear()
-        self._cached_bytes = 0
         self._tif.close()
