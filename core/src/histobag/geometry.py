@@ -47,3 +47,16 @@ def centres_to_top_left(centres: np.ndarray, extent_px: int) -> np.ndarray:
 def top_left_to_centres(top_left: np.ndarray, extent_px: int) -> np.ndarray:
     """Level-0 top-left corners → tile centres."""
     return np.asarray(top_left, dtype=np.int64) + extent_px // 2
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of at most ``k`` of ``n`` items, evenly spaced from the first to the last.
+
+    Deterministic and sorted; all ``n`` indices when ``n <= k``. Used wherever a slide's tiles
+    (or a cohort's slides) are subsampled, so every subsample in histobag is the same one.
+    """
+    if n <= k:
+        return np.arange(n, dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from histobag.geometry import TileGeometry, centres_to_top_left
+from histobag.geometry import TileGeometry, centres_to_top_left, evenly_spaced
 from histobag.io.tfrecord import TFRecordReader
 from histobag.slide import WSI
 
@@ -138,5 +138,5 @@ class Subsample:
         n = len(source)
         if n <= self.max_tiles:
             return source, top_left, geometry
-        indices = np.unique(np.linspace(0, n - 1, self.max_tiles).round().astype(np.int64))
+        indices = evenly_spaced(n, self.max_tiles)
         return _Subset(source, indices), np.asarray(top_left)[indices], geometry

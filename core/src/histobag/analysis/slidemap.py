@@ -21,6 +21,7 @@ from histobag.analysis.plots import category_colors, is_continuous, new_figure, 
 from histobag.analysis.stats import normalise_labels
 from histobag.errors import HistobagError
 from histobag.files import atomic_path
+from histobag.geometry import evenly_spaced
 from histobag.optional import require
 
 if TYPE_CHECKING:
@@ -201,9 +202,7 @@ def _subsample(arrays: dict[str, Any], max_tiles: int) -> dict[str, Any]:
     keep = []
     for s in dict.fromkeys(slides):
         rows = np.flatnonzero(slides == s)
-        if len(rows) > max_tiles:
-            rows = rows[np.unique(np.linspace(0, len(rows) - 1, max_tiles).round().astype(int))]
-        keep.append(rows)
+        keep.append(rows[evenly_spaced(len(rows), max_tiles)])
     idx = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     return _take(arrays, idx)
 

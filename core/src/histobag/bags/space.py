@@ -18,6 +18,7 @@ import numpy as np
 from histobag.engine import Job
 from histobag.errors import HistobagError
 from histobag.files import format_bytes, free_bytes
+from histobag.geometry import evenly_spaced
 from histobag.io.tfrecord import index_path, read_index
 from histobag.slide import WSI
 from histobag.tile_readers import OpenTFRecord, OpenWSI
@@ -54,7 +55,7 @@ def estimate_bag_bytes(jobs: Sequence[Job], n_features: int) -> int | None:
     """
     if not jobs:
         return 0
-    picks = np.unique(np.linspace(0, len(jobs) - 1, min(len(jobs), SAMPLE_SLIDES)).astype(int))
+    picks = evenly_spaced(len(jobs), SAMPLE_SLIDES)
     counts = []
     for i in picks:
         try:
