@@ -562,3 +562,22 @@ def test_the_example_pack_registers_its_tile_transforms():
     for name in ("example-invert", "example-rot90", "example-crop"):
         assert specs[name].kind == "tile_transform"
         assert specs[name].distribution == "histobag-example"
+
+
+def test_project_runs_with_other_tile_transforms_get_their_own_folders(extractor, slides, tmp_path):
+    from histobag.project import Project
+
+    project = Project.create(tmp_path / "project", slides=slides)
+    dataset = project.dataset(TILE_PX, TILE_UM)
+    kwargs = {"num_workers": 0, "progress": False}
+    plain = project.generate_feature_bags(extractor, dataset, **kwargs)
+    inverted = project.generate_feature_bags(
+        extractor, dataset, tile_transforms=["example-invert"], **kwargs
+    )
+    assert plain.ok and inverted.ok
+    assert plain.outdir != inverted.outdir
+    assert inverted.outdir.name.endswith("_example-invert")
+    assert read_config(plain.outdir)["tile_transforms"] == []
+    assert read_config(inverted.outdir)["tile_transforms"] == [
+        {"name": "example-invert", "kwargs": {}}
+    ]

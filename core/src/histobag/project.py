@@ -27,6 +27,7 @@ from histobag.files import write_json_atomic
 from histobag.naming import safe_name
 from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, format_tile_um
+from histobag.tile_transforms import resolve_tile_transforms
 
 if TYPE_CHECKING:
     from histobag.bags.generate import BagRunReport
@@ -223,8 +224,9 @@ class Project:
             extractor: A registered extractor name or a built extractor.
             dataset: Slides at one tile size, e.g. ``P.dataset(224, 112)``.
             outdir: Bags folder; ``"auto"`` is ``<root>/bags/<extractor>_<px>px_<um>``
-                (plus the normalizer's name if one is used).
-            **kwargs: ``normalizer``, ``writer``, ``batch_size``, ``num_workers``,
+                (plus the normalizer's name and the tile transforms' names if used).
+            **kwargs: ``normalizer``, ``tile_transforms``, ``writer``, ``batch_size``,
+                ``num_workers``,
                 ``min_tiles``, ``max_tiles``, ``overwrite``, ``source``, ``progress``,
                 ``verify`` (see :func:`histobag.bags.generate_feature_bags`).
 
@@ -245,8 +247,12 @@ class Project:
                 tag = extractor.tag
             norm = kwargs.get("normalizer")
             norm_tag = norm if isinstance(norm, str) else getattr(norm, "method", None)
-            name = f"{tag}_{dataset.tile_px}px_{format_tile_um(dataset.tile_um)}"
-            outdir = self.bags_dir / safe_name(name + (f"_{norm_tag}" if norm_tag else ""))
+            transforms = resolve_tile_transforms(kwargs.get("tile_transforms"))
+            kwargs["tile_transforms"] = transforms  # built once, checked before any work
+            parts = [tag, f"{dataset.tile_px}px", format_tile_um(dataset.tile_um)]
+            parts += [norm_tag] if norm_tag else []
+            parts += [t.name for t in transforms]
+            outdir = self.bags_dir / safe_name("_".join(parts))
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 
     def generate_features(self, model: Any, dataset: Dataset | None = None, **kwargs: Any) -> Any:
