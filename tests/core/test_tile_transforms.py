@@ -581,3 +581,24 @@ def test_project_runs_with_other_tile_transforms_get_their_own_folders(extractor
     assert read_config(inverted.outdir)["tile_transforms"] == [
         {"name": "example-invert", "kwargs": {}}
     ]
+
+
+def test_dataset_features_and_features_apply_tile_transforms_like_the_bags(
+    extractor, dataset, slides, tmp_path
+):
+    from histobag.analysis import DatasetFeatures, Features
+
+    request = ["example-invert", {"name": "example-rot90", "kwargs": {"k": 3}}]
+    in_memory = DatasetFeatures(
+        extractor, dataset, tile_transforms=request, num_workers=0, normalizer=None
+    )
+    expected = features_of(extractor, np_apply(request, kept_tiles(slides / "slide-0.svs")))
+    np.testing.assert_allclose(in_memory.activations["slide-0"], expected, atol=1e-5)
+    report = in_memory.to_torch(tmp_path / "bags")
+    assert read_config(report.outdir)["tile_transforms"] == [
+        {"name": "example-invert", "kwargs": {}},
+        {"name": "example-rot90", "kwargs": {"k": 3}},
+    ]
+    per_call = Features(extractor, tile_transforms=request, normalizer=None)
+    tiles = kept_tiles(slides / "slide-0.svs")[:4]
+    np.testing.assert_allclose(per_call(tiles), expected[:4], atol=1e-5)

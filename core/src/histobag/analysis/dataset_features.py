@@ -34,6 +34,7 @@ from histobag.errors import HistobagError
 from histobag.extractors.saved import is_saved_model
 from histobag.files import atomic_path
 from histobag.io.bag_writers import get_writer
+from histobag.tile_transforms import resolve_tile_transforms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,6 +56,8 @@ class DatasetFeatures:
             ``(labels, unique)`` as returned by ``dataset.labels(outcome)``.
         normalizer: Stain normalizer name or object (default: the one recorded in a saved
             model, else none).
+        tile_transforms: Registered tile transforms applied after the normalizer (names or
+            ``{"name", "kwargs"}``; see :func:`histobag.tile_transforms.resolve_tile_transforms`).
         batch_size: Tiles per model call: an integer >= 1.
         num_workers: Tile-reading processes (an integer from 0 to 1024), or ``"auto"``.
         max_tiles: If > 0, at most this many tiles per slide (evenly spaced).
@@ -78,6 +81,7 @@ class DatasetFeatures:
         *,
         annotations: Any = None,
         normalizer: Any = "auto",
+        tile_transforms: Any = None,
         batch_size: int = 32,
         num_workers: int | str = "auto",
         max_tiles: int = 0,
@@ -87,6 +91,7 @@ class DatasetFeatures:
         batch_size = validation.check_batch_size(batch_size)
         num_workers = validation.check_num_workers(num_workers)
         max_tiles = validation.non_negative_int("max_tiles", max_tiles)
+        self.tile_transforms = resolve_tile_transforms(tile_transforms)  # before any slide
         if isinstance(extractor, (str, os.PathLike)) and is_saved_model(extractor):
             extractor = load_model_extractor(
                 extractor,
@@ -112,6 +117,7 @@ class DatasetFeatures:
             batch_size=batch_size,
             num_workers=num_workers,
             normalizer=self.normalizer,
+            tile_transforms=self.tile_transforms,
         )
         self._results: dict[str, SlideResult] = dict(sorted(sink.results.items()))
         self.failed: dict[str, str] = {**missing, **sink.failures}
@@ -171,6 +177,7 @@ class DatasetFeatures:
     def _empty(cls, config: dict[str, Any], coordinates: str) -> DatasetFeatures:
         self = object.__new__(cls)
         self.extractor = self.normalizer = self.dataset = self.bags_dir = None
+        self.tile_transforms = []
         self.config = config
         self._results, self.failed = {}, {}
         self.activations, self.locations, self.logits = {}, {}, {}
@@ -401,6 +408,7 @@ class DatasetFeatures:
             tile_um=self.dataset.tile_um,
             writer=writer,
             coordinates=bag_writer.coordinates,
+            tile_transforms=self.tile_transforms,
         )
         prepare_bags_folder(outdir, config, overwrite)
         report = BagRunReport(outdir)

@@ -16,6 +16,7 @@ from histobag.extraction import features_from_wsi, is_wsi
 from histobag.extractors.preprocess import to_batch
 from histobag.extractors.registry import build_feature_extractor, extractor_info
 from histobag.extractors.saved import extractor_from_saved_model, is_saved_model
+from histobag.tile_transforms import apply_tile_transforms, resolve_tile_transforms
 
 __all__ = ["Features", "load_model_extractor", "split_logits"]
 
@@ -93,6 +94,8 @@ class Features:
         include_logits: Also return the classifier's logits (saved models).
         normalizer: Stain normalizer (name or object); default the one recorded in a saved
             model, else none.
+        tile_transforms: Registered tile transforms applied after the normalizer (names or
+            ``{"name", "kwargs"}``; see :func:`histobag.tile_transforms.resolve_tile_transforms`).
         batch_size: Tiles per model call on a slide.
         num_workers: Tile-reading processes on a slide (``"auto"`` or an int).
         **kwargs: Passed to the extractor builder (``device``, ``mixed_precision``,
@@ -112,10 +115,12 @@ class Features:
         include_logits: bool = False,
         *,
         normalizer: Any = "auto",
+        tile_transforms: Any = None,
         batch_size: int = 32,
         num_workers: int | str = "auto",
         **kwargs: Any,
     ) -> None:
+        self.tile_transforms = resolve_tile_transforms(tile_transforms)
         self.extractor = load_model_extractor(
             model, layers=layers, include_logits=include_logits, **kwargs
         )
@@ -150,11 +155,13 @@ class Features:
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
                 normalizer=self.normalizer,
+                tile_transforms=self.tile_transforms,
             )
         else:
             batch = to_batch(obj).to(self.extractor.device)
-            if self.normalizer is not None:  # as the engine does: stain-normalise, then model
+            if self.normalizer is not None:  # as the engine does: stain-normalise, transform
                 batch = self.normalizer.transform(batch)
+            batch = apply_tile_transforms(batch, self.tile_transforms)
             grid = self.extractor.forward_batch(batch).cpu().numpy()
         activations, logits = split_logits(self.extractor, grid)
         return (activations, logits) if self.include_logits else activations
