@@ -6,6 +6,7 @@ Importing this package imports no torch (models are built, and torch imported, o
 from __future__ import annotations
 
 from histobag.extractors.base import FeatureExtractor, ModelBuild
+from histobag.extractors.preprocess import PreprocessingOverrides
 from histobag.extractors.registry import (
     RANDOM_WEIGHTS,
     build_feature_extractor,
@@ -20,6 +21,7 @@ __all__ = [
     "FeatureExtractor",
     "ModelBuild",
     "Preprocessing",
+    "PreprocessingOverrides",
     "build_feature_extractor",
     "extractor_info",
     "list_extractors",
