@@ -21,10 +21,9 @@ from torch import nn
 import histobag
 from histobag.errors import CheckpointMismatchError, ExtractorArgumentError, WeightsError
 from histobag_apache import dinov2
-from tests.helpers import histology_tiles, perturb_
+from tests.helpers import histology_tiles
+from tests.parity import assert_parity, build_fp32, normalised, perturbed, save_checkpoint
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 SIZE = 64  # crops.global_crops_size of the test runs: 4 x 4 patches of 16 px
 
 
@@ -152,8 +151,7 @@ def make_cfg(**student):
 def save_run(folder: Path, cfg, seed=0, prefix="", training_ckpt=False):
     """A perturbed reference model saved like a DINOv2 run; returns (model, ckpt, cfg path)."""
     torch.manual_seed(seed)
-    model = DinoViT(cfg).eval()
-    perturb_(model, seed=seed)
+    model = perturbed(DinoViT(cfg), seed=seed)
     backbone = {f"{prefix}backbone.{k}": v for k, v in model.state_dict().items()}
     heads = {
         f"{prefix}dino_head.mlp.0.weight": torch.randn(16, 384),
@@ -167,16 +165,15 @@ def save_run(folder: Path, cfg, seed=0, prefix="", training_ckpt=False):
         student = {f"student.{k}": v + 1 for k, v in {**backbone, **heads}.items()}
         torch.save({"model": {**teacher, **student}, "iteration": 7}, ckpt)
     else:
-        torch.save({"teacher": {**backbone, **heads}}, ckpt)
+        save_checkpoint({**backbone, **heads}, ckpt, nest="teacher")
     cfg_path = folder / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     return model, ckpt, cfg_path
 
 
 def reference_features(model, tiles: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
-        return model((x - MEAN) / STD)
+        return model(normalised(tiles))
 
 
 @pytest.fixture(scope="module")
@@ -212,15 +209,13 @@ def tiles() -> np.ndarray:
 def test_parity_with_reference(student, prefix, training_ckpt, tiles, tmp_path):
     cfg = make_cfg(**student)
     model, ckpt, cfg_path = save_run(tmp_path, cfg, prefix=prefix, training_ckpt=training_ckpt)
-    extractor = histobag.build_feature_extractor(
-        "dinov2", weights=ckpt, cfg=cfg_path, device="cpu", mixed_precision=False
-    )
+    extractor = build_fp32("dinov2", ckpt, cfg=cfg_path)
     assert extractor.num_features == 384 and extractor.license == "Apache-2.0"
     assert str(extractor.dump_config()["kwargs"]["cfg"]) == str(cfg_path)
     got = extractor(tiles)
     expected = reference_features(model, tiles)
     assert got.shape == (3, 384)
-    assert float((got - expected).abs().max()) <= 1e-5
+    assert_parity(got, expected)
     # the student (training checkpoint) or the heads must not have been loaded
     assert float((got - expected).abs().max()) < float(expected.abs().max()) * 1e-3
 

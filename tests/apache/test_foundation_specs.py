@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import histobag
-from histobag.cli import main
+from tests.parity import assert_gated_spec, assert_imports_no_heavy_modules, info_text
 
 APACHE = "histobag-apache"
 
@@ -23,19 +20,8 @@ def test_listed_in_this_pack() -> None:
     [("virchow", "paige-ai/Virchow", 2560), ("h-optimus-0", "bioptimus/H-optimus-0", 1536)],
 )
 def test_spec(name: str, repo: str, features: int) -> None:
-    spec = histobag.extractor_info(name)
-    assert spec.pack == APACHE
-    assert spec.license == "Apache-2.0"
-    assert spec.license_url.startswith("https://www.apache.org/licenses/")
-    assert (spec.hf_repo, spec.hf_filename, spec.gated) == (repo, "pytorch_model.bin", True)
-    assert spec.num_features == features
-    assert spec.input_size == 224
-    assert spec.autocast_dtype == "bfloat16"  # ViT-H/g activations overflow float16
-    assert {"foundation", "pathology"} <= set(spec.tags)
-    assert f"huggingface.co/{repo}" in spec.description
-    assert spec.citation.startswith("@")
-    assert spec.citation.count("{") == spec.citation.count("}")
-    assert spec.model_kwargs == ()
+    assert_gated_spec(name, pack=APACHE, repo=repo, license="Apache-2.0", num_features=features)
+    assert histobag.extractor_info(name).license_url.startswith("https://www.apache.org/")
 
 
 def test_preprocessing_defaults() -> None:
@@ -54,16 +40,11 @@ def test_alias() -> None:
 
 
 def test_info_shows_the_gated_repository(capsys) -> None:
-    assert main(["info", "virchow"]) == 0
-    out = capsys.readouterr().out
+    out = info_text("virchow", capsys)
     assert "https://huggingface.co/paige-ai/Virchow file pytorch_model.bin" in out
     assert "gated" in out
     assert "Vorontsov" in out
 
 
 def test_specs_import_no_torch_or_timm() -> None:
-    code = (
-        "import sys, histobag_apache.foundation_specs as f; f.specs(); "
-        "heavy = {'torch', 'timm'} & set(sys.modules); assert not heavy, heavy"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert_imports_no_heavy_modules("histobag_apache.foundation_specs", "torch", "timm")

@@ -8,7 +8,6 @@ compared with the plain backbone on real histology tiles.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -17,22 +16,15 @@ import torchvision
 import histobag
 from histobag.errors import ExtractorArgumentError, WeightsError
 from histobag_apache import simclr
-from tests.helpers import histology_tiles, perturb_
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def normalised(tiles: np.ndarray) -> torch.Tensor:
-    return (torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+from tests.helpers import histology_tiles
+from tests.parity import assert_parity, build_fp32, normalised, perturbed
 
 
 @pytest.fixture(scope="module")
 def resnet():
     """torchvision ResNet-18 with perturbed weights and BatchNorm statistics."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
-    perturb_(model, seed=1, scale=0.1)
+    model = perturbed(torchvision.models.resnet18(), seed=1, scale=0.1)
     tiles = histology_tiles(3, 64)
     backbone = torchvision.models.resnet18().eval()
     backbone.load_state_dict(model.state_dict())
@@ -102,21 +94,18 @@ def test_resnet_layouts(layout, resnet, tmp_path):
     make, kwargs, how = LAYOUTS[layout]
     path = tmp_path / "simclr.ckpt"
     torch.save(make(state), path)
-    extractor = histobag.build_feature_extractor(
-        "simclr", device="cpu", mixed_precision=False, **{how: path}, **kwargs
-    )
+    extractor = build_fp32("simclr", **{how: path}, **kwargs)
     assert extractor.num_features == 512 and extractor.weights_sha256
     assert extractor.weights_source == str(path)
     got = extractor(tiles)
     assert got.shape == (3, 512)
-    assert float((got - expected).abs().max()) <= 1e-5
+    assert_parity(got, expected)
 
 
 def test_vit_backbone(tmp_path):
     torch.manual_seed(0)
     arch = "vit_tiny_patch16_224"
-    model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
-    perturb_(model, seed=2)
+    model = perturbed(timm.create_model(arch, pretrained=False, num_classes=0), seed=2)
     checkpoint = {
         "state_dict": {
             **{f"model.encoder.{k}": v for k, v in model.state_dict().items()},
@@ -126,15 +115,13 @@ def test_vit_backbone(tmp_path):
         "hyper_parameters": {"backbone": arch},
     }
     torch.save(checkpoint, tmp_path / "vit.ckpt")
-    extractor = histobag.build_feature_extractor(
-        "simclr", ckpt=tmp_path / "vit.ckpt", device="cpu", mixed_precision=False
-    )
+    extractor = build_fp32("simclr", ckpt=tmp_path / "vit.ckpt")
     tiles = histology_tiles(2, 224)
     with torch.inference_mode():
         expected = model(normalised(tiles))
     got = extractor(tiles)
     assert got.shape == (2, 192) and extractor.fixed_input_size == 224
-    assert float((got - expected).abs().max()) <= 1e-5
+    assert_parity(got, expected)
 
 
 def test_errors_list_the_layouts(resnet, tmp_path):

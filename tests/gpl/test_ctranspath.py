@@ -13,12 +13,19 @@ import torch
 from torch import nn
 
 import histobag
-from histobag.errors import CheckpointMismatchError, ExtractorArgumentError
+from histobag.errors import ExtractorArgumentError
 from histobag.extractors import registry
 from histobag.extractors.registry import WeightsMismatchWarning
 from histobag_gpl.ctranspath import SAVED_BUFFERS, build_ctranspath, official_to_timm
-from tests.gpl.helpers import ATOL, reference_batch
-from tests.helpers import histology_tiles, perturb_
+from tests.gpl.helpers import reference_batch
+from tests.helpers import histology_tiles
+from tests.parity import (
+    assert_parity,
+    build_fp32,
+    mismatch_message,
+    perturbed,
+    save_checkpoint,
+)
 
 with warnings.catch_warnings():  # timm 0.5.4 still calls torch.jit.script at import
     warnings.simplefilter("ignore", FutureWarning)
@@ -79,8 +86,7 @@ def reference_and_pristine_buffers() -> tuple[nn.Module, dict[str, torch.Tensor]
     statistics too), and its masks and indices as 0.5.4 computed them."""
     model = reference_ctranspath()
     pristine = {k: v.clone() for k, v in saved_buffers(model.state_dict()).items()}
-    perturb_(model, seed=1)
-    return model, pristine
+    return perturbed(model, seed=1), pristine
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +98,7 @@ def reference(reference_and_pristine_buffers) -> nn.Module:
 def official_file(reference, tmp_path_factory) -> Path:
     """Random weights saved as the authors published theirs: ``{'model': state_dict}``."""
     path = tmp_path_factory.mktemp("ctranspath") / FILENAME
-    torch.save({"model": reference.state_dict()}, path)
-    return path
+    return save_checkpoint(reference.state_dict(), path, nest="model")
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +108,7 @@ def reference_features(reference, tiles224) -> torch.Tensor:
 
 
 def build(weights, **kwargs) -> histobag.FeatureExtractor:
-    return histobag.build_feature_extractor(
-        "ctranspath", weights=weights, device="cpu", mixed_precision=False, **kwargs
-    )
+    return build_fp32("ctranspath", weights, **kwargs)
 
 
 def test_checkpoint_has_the_official_timm054_layout(official_file):
@@ -126,9 +129,8 @@ def test_parity_with_reference(official_file, reference_features, tiles224):
     with pytest.warns(WeightsMismatchWarning):  # random weights are not the official file
         fe = build(official_file)
     features = fe(tiles224)
-    assert features.shape == (4, 768) == reference_features.shape
-    assert features.dtype == torch.float32
-    assert (features - reference_features).abs().max().item() <= ATOL
+    assert features.shape == (4, 768)
+    assert_parity(features, reference_features)
     assert fe.weights_sha256 == sha256(official_file)
     assert fe.license == "GPL-3.0-only" and "Transformer-based unsupervised" in fe.citation
 
@@ -173,7 +175,7 @@ def test_loads_from_the_hugging_face_cache(
     assert fe.weights_source == f"hf://{REPO}/{FILENAME}"
     assert fe.weights_sha256 == sha256(official_file)
     # One tile suffices here: the parity test covers the batch.
-    assert (fe(tiles224[:1]) - reference_features[:1]).abs().max().item() <= ATOL
+    assert_parity(fe(tiles224[:1]), reference_features[:1])
 
 
 def test_official_digest_loads_without_warning(official_file, monkeypatch):
@@ -206,12 +208,9 @@ def test_wrong_keys_fail_readably(reference, tmp_path, rename, named):
     value = state_dict.pop(old)
     if new is not None:
         state_dict[new] = value
-    path = tmp_path / FILENAME
-    torch.save({"model": state_dict}, path)
-    with pytest.raises(CheckpointMismatchError) as info:
-        build(path)
+    message = mismatch_message("ctranspath", tmp_path / FILENAME, state_dict, nest="model")
     for key in named:
-        assert key in str(info.value)
+        assert key in message
 
 
 def test_only_224_input_unless_resized():

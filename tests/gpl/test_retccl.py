@@ -12,9 +12,16 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 import histobag
-from histobag.errors import CheckpointMismatchError, OfflineWeightsError
-from tests.gpl.helpers import ATOL, reference_batch
-from tests.helpers import histology_tiles, perturb_
+from histobag.errors import OfflineWeightsError
+from tests.gpl.helpers import reference_batch
+from tests.helpers import histology_tiles
+from tests.parity import (
+    assert_parity,
+    build_fp32,
+    mismatch_message,
+    perturbed,
+    save_checkpoint,
+)
 
 
 def settle_like_trained_(model: nn.Module) -> None:
@@ -48,23 +55,18 @@ def reference() -> nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
     model.fc = nn.Identity()
-    perturb_(model, seed=2)
-    settle_like_trained_(model)
+    settle_like_trained_(perturbed(model, seed=2))
     return model.eval()
 
 
 @pytest.fixture(scope="module")
 def official_file(reference, tmp_path_factory) -> Path:
     """Random weights saved as the authors published theirs: a flat state dict, no ``fc.*``."""
-    path = tmp_path_factory.mktemp("retccl") / "retccl.pth"
-    torch.save(reference.state_dict(), path)
-    return path
+    return save_checkpoint(reference.state_dict(), tmp_path_factory.mktemp("retccl") / "retccl.pth")
 
 
 def build(weights, **kwargs) -> histobag.FeatureExtractor:
-    return histobag.build_feature_extractor(
-        "retccl", weights=weights, device="cpu", mixed_precision=False, **kwargs
-    )
+    return build_fp32("retccl", weights, **kwargs)
 
 
 def test_parity_with_torchvision(reference, official_file, tiles224):
@@ -76,10 +78,10 @@ def test_parity_with_torchvision(reference, official_file, tiles224):
         expected224 = reference(reference_batch(tiles224))
         expected256 = reference(reference_batch(tiles256))
     features = fe(tiles224)
-    assert features.shape == (4, 2048) and features.dtype == torch.float32
+    assert features.shape == (4, 2048)
     assert 0.01 < expected224.abs().max().item() < 100  # a trained network's scale
-    assert (features - expected224).abs().max().item() <= ATOL
-    assert (fe(tiles256) - expected256).abs().max().item() <= ATOL
+    assert_parity(features, expected224)
+    assert_parity(fe(tiles256), expected256)
     assert fe.preprocessing.resize is None
     assert fe.license == "GPL-3.0-only" and "RetCCL" in fe.citation
 
@@ -88,12 +90,9 @@ def test_wrong_keys_fail_readably(reference, tmp_path):
     state_dict = dict(reference.state_dict())
     del state_dict["layer4.2.bn3.running_var"]
     state_dict["fc.weight"] = torch.zeros(128, 2048)  # a file saved with its training head
-    path = tmp_path / "retccl.pth"
-    torch.save(state_dict, path)
-    with pytest.raises(CheckpointMismatchError) as info:
-        build(path)
-    assert "layer4.2.bn3.running_var" in str(info.value)
-    assert "fc.weight" in str(info.value)
+    message = mismatch_message("retccl", tmp_path / "retccl.pth", state_dict)
+    assert "layer4.2.bn3.running_var" in message
+    assert "fc.weight" in message
 
 
 def test_missing_from_an_offline_cache_says_what_to_do(tmp_path, monkeypatch):

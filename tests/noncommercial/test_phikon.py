@@ -10,9 +10,7 @@ factories' key names and shapes are checked at full size on the meta device.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-from collections.abc import Iterator
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +18,48 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers.core_model_loading import revert_weight_conversion
 
 import histobag
-from histobag.errors import CheckpointMismatchError
 from histobag.extractors.preprocess import build_transform
 from histobag_noncommercial import hf_layout, phikon
-from tests.helpers import histology_tiles, perturb_
+from tests.helpers import histology_tiles
+from tests.parity import (
+    assert_imports_no_heavy_modules,
+    assert_parity,
+    build_fp32,
+    mismatch_message,
+    perturbed,
+    registered_variant,
+)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TEST_DEPTH = 2
 
 
+#: The architecture fields of the published config.json files.
+PHIKON_JSON = (
+    '{"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, '
+    '"hidden_act": "gelu", "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-06, '
+    '"qkv_bias": true}'
+)
+PHIKON_V2_JSON = (
+    '{"hidden_size": 1024, "num_attention_heads": 16, "mlp_ratio": 4, "hidden_act": "gelu", '
+    '"image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-06, "layerscale_value": 1e-05, '
+    '"qkv_bias": true, "use_swiglu_ffn": false}'
+)
+
+
 def phikon_config(depth: int = 12) -> Any:
     """owkin/phikon's config.json (ViT-B/16, layer_norm_eps 1e-6)."""
-    return transformers.ViTConfig(
-        hidden_size=768,
-        num_hidden_layers=depth,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        image_size=224,
-        patch_size=16,
-        layer_norm_eps=1e-6,
-        qkv_bias=True,
-    )
+    return transformers.ViTConfig(**json.loads(PHIKON_JSON), num_hidden_layers=depth)
 
 
 def phikon_v2_config(depth: int = 24) -> Any:
     """owkin/phikon-v2's config.json (DINOv2 ViT-L/16 at 224 px)."""
-    return transformers.Dinov2Config(
-        hidden_size=1024,
-        num_hidden_layers=depth,
-        num_attention_heads=16,
-        mlp_ratio=4,
-        hidden_act="gelu",
-        image_size=224,
-        patch_size=16,
-        layer_norm_eps=1e-6,
-        layerscale_value=1e-5,
-        qkv_bias=True,
-        use_swiglu_ffn=False,
-    )
+    return transformers.Dinov2Config(**json.loads(PHIKON_V2_JSON), num_hidden_layers=depth)
 
 
 def reference_processor(name: str) -> Any:
@@ -109,29 +105,10 @@ MODELS = {
 SMALL_FACTORIES = {"phikon": "small_phikon", "phikon-v2": "small_phikon_v2"}
 
 
-class _OneSpec:
-    def __init__(self, spec: histobag.ExtractorSpec) -> None:
-        self.spec = spec
-
-    @histobag.hookimpl
-    def histobag_extractors(self) -> list[histobag.ExtractorSpec]:
-        return [self.spec]
-
-
-@contextlib.contextmanager
-def reduced(name: str) -> Iterator[str]:
+def reduced(name: str) -> contextlib.AbstractContextManager[str]:
     """Register ``name``'s spec under a new name whose factory builds TEST_DEPTH blocks."""
-    spec = histobag.extractor_info(name).replace(
-        name=f"{name}-depth{TEST_DEPTH}",
-        factory=f"{__name__}:{SMALL_FACTORIES[name]}",
-        distribution="",
-        version="",
-    )
-    plugin = histobag.register_plugin(_OneSpec(spec), name=spec.name)
-    try:
-        yield spec.name
-    finally:
-        histobag.unregister_plugin(plugin)
+    factory = f"{__name__}:{SMALL_FACTORIES[name]}"
+    return registered_variant(name, factory, suffix=f"-depth{TEST_DEPTH}")
 
 
 def reference_features(name: str, reference: Any, tiles: np.ndarray) -> torch.Tensor:
@@ -150,8 +127,7 @@ def saved(
     name = request.param
     make_config, make_model = MODELS[name]
     torch.manual_seed(0)
-    reference = make_model(make_config(TEST_DEPTH)).eval()
-    perturb_(reference, seed=1)
+    reference = perturbed(make_model(make_config(TEST_DEPTH)), seed=1)
     folder = tmp_path_factory.mktemp(name)
     reference.save_pretrained(folder)
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
@@ -162,13 +138,9 @@ def saved(
 def test_parity_with_transformers(saved: Any, filename: str, tiles224: np.ndarray) -> None:
     name, folder, expected = saved
     with reduced(name) as test_name:
-        extractor = histobag.build_feature_extractor(
-            test_name, weights=folder / filename, mixed_precision=False, device="cpu"
-        )
-        features = extractor(tiles224)
+        features = build_fp32(test_name, folder / filename)(tiles224)
     assert features.shape == (4, histobag.extractor_info(name).num_features)
-    assert (features - expected).abs().max().item() <= 1e-5
-    assert expected.std() > 0.1  # the perturbed model's embeddings are far from trivial
+    assert_parity(features, expected)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -183,27 +155,29 @@ def test_preprocessing_matches_image_processor(name: str) -> None:
     assert (ours - expected["pixel_values"]).abs().max().item() <= 1e-5
 
 
-def test_wrong_key_is_named(saved: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("rename", ["encoder.layer.0.mystery.weight"]),
+        ("drop", ["encoder.layer.1.attention.attention.query.bias", "blocks.1.attn.qkv.bias"]),
+    ],
+    ids=["wrong-key", "incomplete-qkv"],
+)
+def test_checkpoint_errors_name_the_keys(
+    saved: Any, tmp_path: Path, edit: str, named: list
+) -> None:
+    """A renamed key is named as in the file; a missing part of a fused qkv names both the
+    file's key and histobag's."""
     name, folder, _ = saved
     state = load_file(folder / "model.safetensors")
-    norm = "layernorm_after" if name == "phikon" else "norm2"
-    state["encoder.layer.0.mystery.weight"] = state.pop(f"encoder.layer.0.{norm}.weight")
-    save_file(state, tmp_path / "model.safetensors")
-    with reduced(name) as test_name, pytest.raises(CheckpointMismatchError) as caught:
-        histobag.build_feature_extractor(test_name, weights=tmp_path / "model.safetensors")
-    assert "encoder.layer.0.mystery.weight" in str(caught.value)
-
-
-def test_incomplete_qkv_is_named(saved: Any, tmp_path: Path) -> None:
-    name, folder, _ = saved
-    state = load_file(folder / "model.safetensors")
-    del state["encoder.layer.1.attention.attention.key.bias"]
-    save_file(state, tmp_path / "model.safetensors")
-    with reduced(name) as test_name, pytest.raises(CheckpointMismatchError) as caught:
-        histobag.build_feature_extractor(test_name, weights=tmp_path / "model.safetensors")
-    message = str(caught.value)
-    assert "encoder.layer.1.attention.attention.query.bias" in message
-    assert "blocks.1.attn.qkv.bias" in message
+    if edit == "rename":
+        norm = "layernorm_after" if name == "phikon" else "norm2"
+        state["encoder.layer.0.mystery.weight"] = state.pop(f"encoder.layer.0.{norm}.weight")
+    else:
+        del state["encoder.layer.1.attention.attention.key.bias"]
+    with reduced(name) as test_name:
+        message = mismatch_message(test_name, tmp_path / "model.safetensors", state)
+    assert all(key in message for key in named)
 
 
 def hub_state_dict(model: Any) -> dict[str, torch.Tensor]:
@@ -253,9 +227,6 @@ def test_listed_with_their_licence() -> None:
 
 
 def test_specs_import_no_heavy_modules() -> None:
-    code = (
-        "import sys, histobag_noncommercial.hf_specs as s; s.specs(); "
-        "heavy = [m for m in ('torch', 'timm', 'transformers') if m in sys.modules]; "
-        "assert not heavy, heavy"
+    assert_imports_no_heavy_modules(
+        "histobag_noncommercial.hf_specs", "torch", "timm", "transformers"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)

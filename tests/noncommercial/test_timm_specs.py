@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import histobag
-from histobag.cli import main
+from tests.parity import assert_gated_spec, assert_imports_no_heavy_modules, info_text
 
 NONCOMMERCIAL = "histobag-noncommercial"
 OURS = {"uni", "uni2-h", "virchow2", "gigapath.tile"}
@@ -29,19 +26,7 @@ def test_listed_in_this_pack_only() -> None:
     ],
 )
 def test_spec(name: str, repo: str, license: str, features: int) -> None:
-    spec = histobag.extractor_info(name)
-    assert spec.pack == NONCOMMERCIAL
-    assert spec.license == license
-    assert spec.license_url.startswith("https://")
-    assert (spec.hf_repo, spec.hf_filename, spec.gated) == (repo, "pytorch_model.bin", True)
-    assert spec.num_features == features
-    assert spec.input_size == 224
-    assert spec.autocast_dtype == "bfloat16"
-    assert {"foundation", "pathology"} <= set(spec.tags)
-    assert f"huggingface.co/{repo}" in spec.description
-    assert spec.citation.startswith("@")
-    assert spec.citation.count("{") == spec.citation.count("}")
-    assert spec.model_kwargs == ()
+    assert_gated_spec(name, pack=NONCOMMERCIAL, repo=repo, license=license, num_features=features)
 
 
 def test_gigapath_terms_are_stated() -> None:
@@ -68,8 +53,7 @@ def test_preprocessing_defaults(name: str, resize: int, interpolation: str) -> N
 
 
 def test_info_shows_the_gated_repository(capsys) -> None:
-    assert main(["info", "uni"]) == 0
-    out = capsys.readouterr().out
+    out = info_text("uni", capsys)
     assert "https://huggingface.co/MahmoodLab/UNI file pytorch_model.bin" in out
     assert "gated: request access" in out
     assert "CC-BY-NC-ND-4.0" in out
@@ -77,8 +61,4 @@ def test_info_shows_the_gated_repository(capsys) -> None:
 
 
 def test_specs_import_no_torch_or_timm() -> None:
-    code = (
-        "import sys, histobag_noncommercial.timm_specs as t; t.specs(); "
-        "heavy = {'torch', 'timm'} & set(sys.modules); assert not heavy, heavy"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert_imports_no_heavy_modules("histobag_noncommercial.timm_specs", "torch", "timm")

@@ -1,14 +1,19 @@
-"""Embeddings from the output tokens of a vision transformer (torch only, no timm).
+"""Embeddings from the output tokens of a vision transformer.
 
 Pathology foundation models publish a ViT backbone and say how to turn its output tokens into
 one vector per tile: the class token (UNI, GigaPath, H-optimus-0), or the class token
 concatenated with the mean of the patch tokens (Virchow, Virchow2). Register tokens, which some
 models place between the class token and the patch tokens, are never part of that mean.
+
+:func:`token_pooling_build` wraps any such backbone (torch only); :func:`timm_vit_build` is the
+one build path of the models whose card says "``timm.create_model(arch, **kwargs)``" (it
+imports timm, which the packs using it depend on).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -18,6 +23,13 @@ from histobag.extractors.base import ModelBuild
 
 #: ``"cls"``: the class token; ``"cls+mean"``: class token ‖ mean of the patch tokens.
 POOLINGS = ("cls", "cls+mean")
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ExtractorArgumentError(
+            f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}"
+        )
 
 
 class TokenBackbone(Protocol):
@@ -43,10 +55,7 @@ class TokenPooling(nn.Module):
 
     def __init__(self, backbone: nn.Module, pooling: str, num_prefix_tokens: int) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ExtractorArgumentError(
-                f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}"
-            )
+        _check_pooling(pooling)
         if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 1:
             raise ExtractorArgumentError(
                 "num_prefix_tokens counts the class token and any registers, so it is at "
@@ -91,3 +100,49 @@ def token_pooling_build(
     """
     module = TokenPooling(backbone, pooling, num_prefix_tokens)
     return ModelBuild(module=module, weights_target=backbone, fixed_input_size=fixed_input_size)
+
+
+def timm_vit_build(arch: str, timm_kwargs: Mapping[str, Any], *, pooling: str) -> ModelBuild:
+    """Build the timm ViT a model card describes, pooled into one embedding per tile.
+
+    Steps:
+
+    1. ``timm.create_model(arch, pretrained=False, **timm_kwargs)``: the architecture with the
+       card's (or the published ``config.json``'s) arguments, random weights. histobag then
+       loads the official checkpoint into it strictly, under its published key names.
+    2. The class token and any register tokens come first (``num_prefix_tokens`` of the
+       network), so the patch-token mean of ``"cls+mean"`` starts after them.
+    3. A network without ``dynamic_img_size`` accepts only its ``img_size``: that becomes
+       ``fixed_input_size``, so other tile sizes fail with a message instead of a shape error.
+    4. :func:`token_pooling_build` wraps it in :class:`TokenPooling`; the weights load into
+       the network itself.
+
+    Args:
+        arch: A timm architecture name, e.g. ``"vit_large_patch16_224"``.
+        timm_kwargs: The card's ``create_model`` arguments (``img_size``, ``init_values``,
+            ``mlp_layer``, ``reg_tokens``...), written out as published.
+        pooling: One of :data:`POOLINGS`.
+
+    Raises:
+        ExtractorArgumentError: ``pooling`` is unknown, or a fixed-size network's input is not
+            square.
+    """
+    import timm  # heavy; the packs that call this depend on it, the core does not
+
+    _check_pooling(pooling)  # before building a network of a billion parameters
+    network = timm.create_model(arch, pretrained=False, **timm_kwargs)
+    fixed_input_size = None
+    if not network.dynamic_img_size:
+        height, width = network.patch_embed.img_size
+        if height != width:
+            raise ExtractorArgumentError(
+                f"{arch} with img_size {(height, width)} takes non-square input, which tiles "
+                "never are: give img_size as one number or set dynamic_img_size=True"
+            )
+        fixed_input_size = int(height)
+    return token_pooling_build(
+        network,
+        pooling=pooling,
+        num_prefix_tokens=network.num_prefix_tokens,
+        fixed_input_size=fixed_input_size,
+    )

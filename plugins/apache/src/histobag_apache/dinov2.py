@@ -39,6 +39,7 @@ from histobag import ExtractorSpec
 from histobag.errors import ExtractorArgumentError, WeightsError
 from histobag.extractors.base import ModelBuild
 from histobag.specs import Preprocessing
+from histobag_apache.checkpoint_keys import strip_prefixes
 
 #: (embed_dim, depth, num_heads) of DINOv2's architectures.
 ARCHS: dict[str, tuple[int, int, int]] = {
@@ -185,30 +186,19 @@ _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.")
 _RENAMES = (("mlp.w12.", "mlp.fc1."), ("mlp.w3.", "mlp.fc2."))
 
 
-def _strip(key: str, prefixes: tuple[str, ...]) -> str:
-    """Remove any sequence of ``prefixes`` from the start of ``key``."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def adapt_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """DINOv2 teacher weights → timm names (see the module docstring for the layouts).
 
     Raises:
         WeightsError: No backbone weights were found.
     """
-    keys = {_strip(k, ("module.",)): v for k, v in state_dict.items()}
+    keys = {strip_prefixes(k, ("module.",)): v for k, v in state_dict.items()}
     if any(k.startswith("teacher.") for k in keys):  # a full training checkpoint
         keys = {k[len("teacher.") :]: v for k, v in keys.items() if k.startswith("teacher.")}
-    keys = {_strip(k, ("module.",)): v for k, v in keys.items()}
+    keys = {strip_prefixes(k, ("module.",)): v for k, v in keys.items()}
     if any(k.startswith("backbone.") for k in keys):
         keys = {k[len("backbone.") :]: v for k, v in keys.items() if k.startswith("backbone.")}
-    keys = {_strip(k, ("module.",)): v for k, v in keys.items()}
+    keys = {strip_prefixes(k, ("module.",)): v for k, v in keys.items()}
     if "cls_token" not in keys or "pos_embed" not in keys:
         raise WeightsError(
             "No DINOv2 backbone in this checkpoint (no cls_token/pos_embed). Expected the "

@@ -6,77 +6,43 @@ Plain data: the factories are ``"module:attr"`` strings, so listing imports no t
 from __future__ import annotations
 
 from histobag import ExtractorSpec, Preprocessing
-from histobag_apache import foundation_citations
+from histobag.extractors.hub import SpecTable, pil_resize_crop
 
-_APACHE_URL = "https://www.apache.org/licenses/LICENSE-2.0"
+APACHE_URL = "https://www.apache.org/licenses/LICENSE-2.0"
 _TAGS = ("foundation", "pathology", "vit")
+
+#: Gated ``pytorch_model.bin`` files on the Hub, 224 px input, Apache-2.0 weights.
+TABLE = SpecTable("histobag_apache", "Apache-2.0", APACHE_URL, tags=_TAGS, gated=True)
 
 #: H-optimus-0's normalisation, computed by Bioptimus on its training tiles.
 H_OPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 H_OPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 
+# Virchow: timm's eval transform of the published config (crop_pct 1.0) on PIL images.
+_VIRCHOW_PRE = pil_resize_crop(224, 224, interpolation="bicubic")
+# H-optimus-0: the model card feeds 224 px tiles at 0.5 mpp as they are (no resize or crop); a
+# user-requested resize uses bicubic like timm's DINOv2 configs.
+_H_OPTIMUS_PRE = Preprocessing(
+    interpolation="bicubic", antialias=True, mean=H_OPTIMUS_MEAN, std=H_OPTIMUS_STD
+)
 
-def _gated(repo: str) -> str:
-    return f"weights gated: request access on https://huggingface.co/{repo} first"
+#: name: (factory module, Hub repository, BibTeX key, num_features, preprocessing).
+MODELS: dict[str, tuple[str, str, str, int, Preprocessing]] = {
+    "virchow": ("virchow", "paige-ai/Virchow", "vorontsov2024virchow", 2560, _VIRCHOW_PRE),
+    "h-optimus-0": ("hoptimus", "bioptimus/H-optimus-0", "hoptimus0", 1536, _H_OPTIMUS_PRE),
+}
 
+_ABOUT = {
+    "virchow": "Virchow ViT-H/14 (Paige, 1.5M slides); CLS ‖ mean patch token",
+    "h-optimus-0": "H-optimus-0 ViT-g/14 (Bioptimus); CLS; 224 px tiles at 0.5 mpp",
+}
 
-def virchow() -> ExtractorSpec:
-    """Virchow (Paige): ViT-H/14, class token ‖ mean of the patch tokens."""
-    repo = "paige-ai/Virchow"
-    return ExtractorSpec(
-        name="virchow",
-        factory="histobag_apache.virchow:build_virchow",
-        license="Apache-2.0",
-        license_url=_APACHE_URL,
-        citation=foundation_citations.VIRCHOW,
-        num_features=2560,
-        input_size=224,
-        # timm's eval transform of the published config (crop_pct 1.0) on PIL images, whose
-        # resampling always antialiases.
-        preprocessing=Preprocessing(
-            resize=224,
-            center_crop=224,
-            resize_first=True,
-            interpolation="bicubic",
-            antialias=True,
-        ),
-        description=(
-            f"Virchow ViT-H/14 (Paige, 1.5M slides); CLS ‖ mean patch token; {_gated(repo)}"
-        ),
-        tags=_TAGS,
-        hf_repo=repo,
-        hf_filename="pytorch_model.bin",
-        gated=True,
-    )
-
-
-def h_optimus_0() -> ExtractorSpec:
-    """H-optimus-0 (Bioptimus): ViT-g/14 with 4 registers, class token."""
-    repo = "bioptimus/H-optimus-0"
-    return ExtractorSpec(
-        name="h-optimus-0",
-        factory="histobag_apache.hoptimus:build_h_optimus_0",
-        aliases=("hoptimus0",),
-        license="Apache-2.0",
-        license_url=_APACHE_URL,
-        citation=foundation_citations.H_OPTIMUS_0,
-        num_features=1536,
-        input_size=224,
-        # The model card feeds 224 px tiles at 0.5 mpp as they are (no resize or crop); a
-        # user-requested resize uses bicubic like timm's DINOv2 configs.
-        preprocessing=Preprocessing(
-            interpolation="bicubic", antialias=True, mean=H_OPTIMUS_MEAN, std=H_OPTIMUS_STD
-        ),
-        description=(
-            f"H-optimus-0 ViT-g/14 (Bioptimus); CLS; 224 px tiles at 0.5 mpp; {_gated(repo)}"
-        ),
-        tags=_TAGS,
-        hf_repo=repo,
-        hf_filename="pytorch_model.bin",
-        gated=True,
-    )
+_ALIASES = {"h-optimus-0": ("hoptimus0",)}
 
 
 def specs() -> list[ExtractorSpec]:
     """Return the foundation models of this pack."""
-    return [virchow(), h_optimus_0()]
+    return [
+        TABLE.spec(name, *row, description=_ABOUT[name], aliases=_ALIASES.get(name, ()))
+        for name, row in MODELS.items()
+    ]

@@ -7,7 +7,7 @@ Listing needs no timm: the listed models' facts are written down here. Other nam
 from __future__ import annotations
 
 from histobag import ExtractorSpec, Preprocessing
-from histobag_apache import citations
+from histobag.extractors.hub import bibtex_entries
 
 SUFFIX = "_imagenet"
 FACTORY = "histobag_apache.imagenet:build_imagenet"
@@ -15,15 +15,15 @@ MODEL_KWARGS = ("tile_px", "layers", "pooling")
 _TIMM_LICENSE_URL = "https://github.com/huggingface/pytorch-image-models/blob/main/LICENSE"
 _HALF = (0.5, 0.5, 0.5)
 
-# arch: (num_features, mean/std (None = ImageNet), architecture citation)
+# arch: (num_features, mean/std (None = ImageNet), BibTeX key of the architecture's paper)
 LISTED: dict[str, tuple[int, tuple[float, float, float] | None, str]] = {
-    "resnet18": (512, None, citations.RESNET),
-    "resnet50": (2048, None, citations.RESNET),
-    "densenet121": (1024, None, citations.DENSENET),
-    "efficientnet_b0": (1280, None, citations.EFFICIENTNET),
-    "convnext_tiny": (768, None, citations.CONVNEXT),
-    "vit_small_patch16_224": (384, _HALF, citations.VIT),
-    "vit_base_patch16_224": (768, _HALF, citations.VIT),
+    "resnet18": (512, None, "he2016deep"),
+    "resnet50": (2048, None, "he2016deep"),
+    "densenet121": (1024, None, "huang2017densely"),
+    "efficientnet_b0": (1280, None, "tan2019efficientnet"),
+    "convnext_tiny": (768, None, "liu2022convnet"),
+    "vit_small_patch16_224": (384, _HALF, "dosovitskiy2021image"),
+    "vit_base_patch16_224": (768, _HALF, "dosovitskiy2021image"),
 }
 
 
@@ -34,9 +34,11 @@ def imagenet_spec(
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
     license: str = "Apache-2.0",
-    citation: str = "",
+    bibtex_key: str | None = None,
 ) -> ExtractorSpec:
-    """Spec of ``<arch>_imagenet``: timm's default ImageNet weights for ``arch``."""
+    """Spec of ``<arch>_imagenet``: timm's default ImageNet weights for ``arch``; cites timm,
+    after the architecture's paper if ``bibtex_key`` names it."""
+    entries = bibtex_entries("histobag_apache")
     pre = Preprocessing(interpolation="bicubic")
     if mean is not None and std is not None:
         pre = pre.replace(mean=mean, std=std)
@@ -45,7 +47,7 @@ def imagenet_spec(
         factory=FACTORY,
         license=license,
         license_url=_TIMM_LICENSE_URL,
-        citation="\n\n".join(c for c in (citation, citations.TIMM) if c),
+        citation="\n\n".join(entries[key] for key in (bibtex_key, "rw2019timm") if key),
         num_features=num_features,
         input_size=224,
         preprocessing=pre,
@@ -60,8 +62,8 @@ def imagenet_spec(
 def listed_specs() -> list[ExtractorSpec]:
     """Specs of the ImageNet models shown by ``histobag list``."""
     return [
-        imagenet_spec(arch, num_features=n, mean=norm, std=norm, citation=cite)
-        for arch, (n, norm, cite) in LISTED.items()
+        imagenet_spec(arch, num_features=n, mean=norm, std=norm, bibtex_key=key)
+        for arch, (n, norm, key) in LISTED.items()
     ]
 
 

@@ -37,6 +37,7 @@ from histobag import ExtractorSpec
 from histobag.errors import ExtractorArgumentError, WeightsError
 from histobag.extractors import weights as wt
 from histobag.extractors.base import FeatureExtractor, ModelBuild
+from histobag_apache.checkpoint_keys import strip_prefixes
 from histobag_apache.ssl_specs import SIMCLR_LAYOUTS
 
 #: Prefixes of wrappers around the backbone, stripped in any order and nesting.
@@ -80,21 +81,11 @@ def split_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], str
     return tensors, str(arch) if isinstance(arch, str) else None
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def backbone_keys(state: Mapping[str, Any]) -> dict[str, Any]:
     """Strip wrapper prefixes, drop projection heads, rename lightly's Sequential indices."""
     out = {}
     for key, value in state.items():
-        key = _strip(key)
+        key = strip_prefixes(key, WRAPPER_PREFIXES)
         if key.startswith(HEAD_PREFIXES):
             continue
         match = re.match(r"^(\d+)\.", key)

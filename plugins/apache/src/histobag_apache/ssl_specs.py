@@ -6,31 +6,13 @@ so these specs carry ``Apache-2.0`` for the code and no download. Plain data: no
 
 from __future__ import annotations
 
+from typing import Any
+
 from histobag import ExtractorSpec, Preprocessing
-from histobag_apache import citations
+from histobag.extractors.hub import SpecTable
 
-_APACHE_URL = "https://www.apache.org/licenses/LICENSE-2.0"
-
-DINOV2 = """@article{oquab2024dinov2,
-  title = {{DINOv2}: Learning Robust Visual Features without Supervision},
-  author = {Oquab, Maxime and Darcet, Timoth{\\'e}e and Moutakanni, Th{\\'e}o and Vo, Huy V. and
-            Szafraniec, Marc and Khalidov, Vasil and Fernandez, Pierre and Haziza, Daniel and
-            Massa, Francisco and El-Nouby, Alaaeldin and others},
-  journal = {Transactions on Machine Learning Research},
-  issn = {2835-8856},
-  year = {2024},
-  url = {https://openreview.net/forum?id=a68SUt6zFt}
-}"""
-
-SIMCLR = """@inproceedings{chen2020simple,
-  title = {A Simple Framework for Contrastive Learning of Visual Representations},
-  author = {Chen, Ting and Kornblith, Simon and Norouzi, Mohammad and Hinton, Geoffrey},
-  booktitle = {Proceedings of the 37th International Conference on Machine Learning},
-  series = {Proceedings of Machine Learning Research},
-  volume = {119},
-  pages = {1597--1607},
-  year = {2020}
-}"""
+#: The code's licence; no weights to download, 224 px input by default.
+TABLE = SpecTable("histobag_apache", "Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0")
 
 #: Layouts accepted by ``simclr`` (also in the error listing them and in the docs).
 SIMCLR_LAYOUTS = (
@@ -42,54 +24,49 @@ SIMCLR_LAYOUTS = (
     "projection heads dropped: projection_head.*, projector.*, head.*, fc.*",
 )
 
+# DINOv2 trains on global crops of crops.global_crops_size; tiles are resized to it.
+_DINOV2_PRE = Preprocessing(resize=224, interpolation="bicubic", antialias=True)
 
-def dinov2() -> ExtractorSpec:
-    """A ViT from your own DINOv2 training run (teacher backbone)."""
-    return ExtractorSpec(
-        name="dinov2",
-        factory="histobag_apache.dinov2:build_dinov2",
-        license="Apache-2.0",
-        license_url=_APACHE_URL,
-        citation=DINOV2,
-        num_features=None,  # embed_dim of cfg's student.arch
-        input_size=224,
-        # DINOv2 trains on global crops of crops.global_crops_size; tiles are resized to it.
-        preprocessing=Preprocessing(resize=224, interpolation="bicubic", antialias=True),
-        description=(
-            "Your DINOv2 run: weights=teacher_checkpoint.pth, cfg=config.yaml (student.arch, "
-            "patch_size, layerscale, ffn_layer, block_chunks, num_register_tokens, "
-            "crops.global_crops_size); normalised class token of the teacher backbone. "
-            "Code Apache-2.0; the weights are yours"
-        ),
-        tags=("ssl", "vit", "custom-weights"),
-        checkpoint_keys=("teacher", "model"),
-        model_kwargs=("cfg",),
-    )
+#: name: (factory module, no Hub repository, BibTeX keys, num_features (it depends on the
+#: run: the embed_dim of cfg's student.arch, the backbone's pooled width), preprocessing).
+MODELS: dict[str, tuple[str, None, str | tuple[str, ...], None, Preprocessing]] = {
+    "dinov2": ("dinov2", None, "oquab2024dinov2", None, _DINOV2_PRE),
+    "simclr": ("simclr", None, ("chen2020simple", "rw2019timm"), None, Preprocessing()),
+}
 
+_ABOUT = {
+    "dinov2": (
+        "Your DINOv2 run: weights=teacher_checkpoint.pth, cfg=config.yaml (student.arch, "
+        "patch_size, layerscale, ffn_layer, block_chunks, num_register_tokens, "
+        "crops.global_crops_size); normalised class token of the teacher backbone. "
+        "Code Apache-2.0; the weights are yours"
+    ),
+    "simclr": (
+        "Your SimCLR run: ckpt= (or weights=) a ResNet/ViT checkpoint; backbone from "
+        "hyper_parameters arch/backbone or arch=; pooled backbone features, projection "
+        "head dropped. Layouts: " + "; ".join(SIMCLR_LAYOUTS) + ". Code Apache-2.0; the "
+        "weights are yours"
+    ),
+}
 
-def simclr() -> ExtractorSpec:
-    """A ResNet or ViT backbone from your own SimCLR training run."""
-    return ExtractorSpec(
-        name="simclr",
-        factory="histobag_apache.simclr:build_simclr",
-        license="Apache-2.0",
-        license_url=_APACHE_URL,
-        citation="\n\n".join((SIMCLR, citations.TIMM)),
-        num_features=None,  # the backbone's pooled width
-        input_size=224,
-        preprocessing=Preprocessing(),
-        description=(
-            "Your SimCLR run: ckpt= (or weights=) a ResNet/ViT checkpoint; backbone from "
-            "hyper_parameters arch/backbone or arch=; pooled backbone features, projection "
-            "head dropped. Layouts: " + "; ".join(SIMCLR_LAYOUTS) + ". Code Apache-2.0; the "
-            "weights are yours"
-        ),
-        tags=("ssl", "custom-weights"),
-        weights_required=False,  # ckpt= loads in the factory; a missing checkpoint is an error
-        model_kwargs=("ckpt", "arch"),
-    )
+#: Fields beyond the table's: where each run's weights come from, and the factory's arguments.
+_OWN: dict[str, dict[str, Any]] = {
+    "dinov2": {
+        "tags": ("ssl", "vit", "custom-weights"),
+        "checkpoint_keys": ("teacher", "model"),
+        "model_kwargs": ("cfg",),
+    },
+    "simclr": {
+        "tags": ("ssl", "custom-weights"),
+        "weights_required": False,  # ckpt= loads in the factory; a missing one is an error
+        "model_kwargs": ("ckpt", "arch"),
+    },
+}
 
 
 def specs() -> list[ExtractorSpec]:
     """The models of this module."""
-    return [dinov2(), simclr()]
+    return [
+        TABLE.spec(name, *row, description=_ABOUT[name], **_OWN[name])
+        for name, row in MODELS.items()
+    ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec
-from histobag_noncommercial import citations_timm
+from histobag.extractors.hub import bibtex_entries
 
 _REPO = "prov-gigapath/prov-gigapath"
 _MODULE = "histobag_noncommercial.gigapath_slide"
+CITATION = bibtex_entries("histobag_noncommercial")["xu2024gigapath"]
 #: The code is Apache-2.0, but the model card restricts the weights to research use (no
 #: commercial or clinical use) and the repository is gated; no SPDX identifier says that.
 LICENSE = "LicenseRef-prov-gigapath"
@@ -24,7 +25,7 @@ def gigapath_slide() -> ExtractorSpec:
         aliases=("gigapath-slide",),
         license=LICENSE,
         license_url=f"https://huggingface.co/{_REPO}",
-        citation=citations_timm.GIGAPATH,
+        citation=CITATION,
         num_features=768,
         description=(
             "Prov-GigaPath slide encoder (LongNet ViT, 12 layers): 1536-d gigapath.tile "
@@ -33,6 +34,8 @@ def gigapath_slide() -> ExtractorSpec:
             f".generate_and_save(bags_dir, outdir), not on images; {_TERMS}"
         ),
         tags=("slide-encoder", "foundation"),
+        kind="tile_features",
+        tile_encoder="gigapath.tile",
         hf_repo=_REPO,
         hf_filename="slide_encoder.pth",
         gated=True,
@@ -49,7 +52,7 @@ def gigapath() -> ExtractorSpec:
         factory=f"{_MODULE}:build_gigapath",
         license=LICENSE,
         license_url=f"https://huggingface.co/{_REPO}",
-        citation=citations_timm.GIGAPATH,
+        citation=CITATION,
         num_features=768,
         description=(
             "Prov-GigaPath tile + slide encoders: extractor(wsi) -> 768-d slide embedding; "

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-import timm
-from timm.models import VisionTransformer
-
 from histobag import ExtractorSpec
 from histobag.extractors.base import ModelBuild
-from histobag.extractors.vit import token_pooling_build
+from histobag.extractors.vit import timm_vit_build
 
 ARCH = "vit_large_patch16_224"
 
@@ -25,14 +22,7 @@ TIMM_KWARGS = MappingProxyType(
 )
 
 
-def build_network(*, depth: int | None = None) -> VisionTransformer:
-    """UNI's backbone with random weights; ``depth`` overrides the block count (tests)."""
-    kwargs = dict(TIMM_KWARGS) if depth is None else {**TIMM_KWARGS, "depth": depth}
-    return timm.create_model(ARCH, pretrained=False, **kwargs)
-
-
 def build_uni(spec: ExtractorSpec) -> ModelBuild:
     """UNI: 1024 features, the class token after the final norm."""
-    network = build_network()
     # dynamic_img_size: position embeddings are interpolated, so any tile size runs.
-    return token_pooling_build(network, pooling="cls", num_prefix_tokens=network.num_prefix_tokens)
+    return timm_vit_build(ARCH, TIMM_KWARGS, pooling="cls")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-import timm
 import torch
 from timm.layers import SwiGLUPacked
-from timm.models import VisionTransformer
 
 from histobag import ExtractorSpec
 from histobag.extractors.base import ModelBuild
-from histobag.extractors.vit import token_pooling_build
+from histobag.extractors.vit import timm_vit_build
 
 ARCH = "vit_giant_patch14_224"
 
@@ -35,13 +33,6 @@ TIMM_KWARGS = MappingProxyType(
 )
 
 
-def build_network(*, depth: int | None = None) -> VisionTransformer:
-    """UNI2-h's backbone with random weights; ``depth`` overrides the block count (tests)."""
-    kwargs = dict(TIMM_KWARGS) if depth is None else {**TIMM_KWARGS, "depth": depth}
-    return timm.create_model(ARCH, pretrained=False, **kwargs)
-
-
 def build_uni2_h(spec: ExtractorSpec) -> ModelBuild:
     """UNI2-h: 1536 features, the class token after the final norm."""
-    network = build_network()
-    return token_pooling_build(network, pooling="cls", num_prefix_tokens=network.num_prefix_tokens)
+    return timm_vit_build(ARCH, TIMM_KWARGS, pooling="cls")
