@@ -33,6 +33,8 @@ class ModelBuild:
         hub: ``(repo, filename)`` of the default weights when they depend on the arguments
             (e.g. the timm architecture behind an ImageNet extractor).
         fixed_input_size: The only input side the network accepts, if it has one.
+        input_multiple: What every input side must be a multiple of, if anything (a ViT that
+            interpolates its position embeddings still needs whole patches).
         checkpoint_key: Inverse of ``adapt_state_dict``'s renaming for one key, so checkpoint
             mismatch errors name keys as the checkpoint file does.
         extractor_cls: A :class:`FeatureExtractor` subclass adding model-specific methods.
@@ -52,6 +54,7 @@ class ModelBuild:
     preprocessing: Preprocessing | None = None
     hub: tuple[str, str] | None = None
     fixed_input_size: int | None = None
+    input_multiple: int | None = None
     checkpoint_key: Callable[[str], str] | None = None
     extractor_cls: type[FeatureExtractor] | None = None
     default_weights: Path | None = None
@@ -132,6 +135,7 @@ class FeatureExtractor:
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
         self.fixed_input_size = build.fixed_input_size
+        self.input_multiple = build.input_multiple
         self._num_features = build.num_features or spec.num_features
         self._config_kwargs = dict(config_kwargs)
         self.transform = build_transform(preprocessing)
@@ -203,6 +207,15 @@ class FeatureExtractor:
                 f"become {output_size(self.preprocessing, h, w)} after preprocessing. Build it "
                 f"with resize=True (resize to {expected}) or extract tiles at "
                 f"tile_px={expected}."
+            )
+        multiple = self.input_multiple
+        size = output_size(self.preprocessing, h, w)
+        if multiple and (size[0] % multiple or size[1] % multiple):
+            raise ExtractorArgumentError(
+                f"{self.tag} needs input sides that are multiples of {multiple} (whole "
+                f"{multiple}-pixel patches), but {w}x{h} tiles become {size[1]}x{size[0]} after "
+                f"preprocessing. Build it with resize=True (its input size) or extract tiles at a "
+                f"tile_px that is a multiple of {multiple}."
             )
         non_blocking = self.device.type == "cuda"
         out = self.transform(batch.to(self.device, non_blocking=non_blocking))

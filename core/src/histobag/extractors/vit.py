@@ -85,6 +85,7 @@ def token_pooling_build(
     pooling: str,
     num_prefix_tokens: int,
     fixed_input_size: int | None = None,
+    input_multiple: int | None = None,
 ) -> ModelBuild:
     """Wrap a ViT backbone in :class:`TokenPooling` and describe how its weights load.
 
@@ -97,9 +98,16 @@ def token_pooling_build(
         num_prefix_tokens: Tokens before the first patch token (class token + registers).
         fixed_input_size: The only input side the backbone accepts, if it has one (a ViT
             without position-embedding interpolation).
+        input_multiple: What every input side must be a multiple of (the patch size of a ViT
+            that interpolates its position embeddings).
     """
     module = TokenPooling(backbone, pooling, num_prefix_tokens)
-    return ModelBuild(module=module, weights_target=backbone, fixed_input_size=fixed_input_size)
+    return ModelBuild(
+        module=module,
+        weights_target=backbone,
+        fixed_input_size=fixed_input_size,
+        input_multiple=input_multiple,
+    )
 
 
 def timm_vit_build(arch: str, timm_kwargs: Mapping[str, Any], *, pooling: str) -> ModelBuild:
@@ -113,7 +121,9 @@ def timm_vit_build(arch: str, timm_kwargs: Mapping[str, Any], *, pooling: str) -
     2. The class token and any register tokens come first (``num_prefix_tokens`` of the
        network), so the patch-token mean of ``"cls+mean"`` starts after them.
     3. A network without ``dynamic_img_size`` accepts only its ``img_size``: that becomes
-       ``fixed_input_size``, so other tile sizes fail with a message instead of a shape error.
+       ``fixed_input_size``, so other tile sizes fail with a message instead of a shape error;
+       one with it accepts any size made of whole patches: the patch size becomes
+       ``input_multiple``.
     4. :func:`token_pooling_build` wraps it in :class:`TokenPooling`; the weights load into
        the network itself.
 
@@ -131,8 +141,11 @@ def timm_vit_build(arch: str, timm_kwargs: Mapping[str, Any], *, pooling: str) -
 
     _check_pooling(pooling)  # before building a network of a billion parameters
     network = timm.create_model(arch, pretrained=False, **timm_kwargs)
-    fixed_input_size = None
-    if not network.dynamic_img_size:
+    fixed_input_size = input_multiple = None
+    if network.dynamic_img_size:
+        if not getattr(network.patch_embed, "dynamic_img_pad", False):  # timm asserts instead
+            input_multiple = int(network.patch_embed.patch_size[0])
+    else:
         height, width = network.patch_embed.img_size
         if height != width:
             raise ExtractorArgumentError(
@@ -145,4 +158,5 @@ def timm_vit_build(arch: str, timm_kwargs: Mapping[str, Any], *, pooling: str) -
         pooling=pooling,
         num_prefix_tokens=network.num_prefix_tokens,
         fixed_input_size=fixed_input_size,
+        input_multiple=input_multiple,
     )
