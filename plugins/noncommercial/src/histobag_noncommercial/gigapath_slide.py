@@ -49,9 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from histobag import ExtractorSpec
+from histobag import ExtractorSpec, build_feature_extractor
+from histobag.bags.config import fingerprint, read_config
+from histobag.bags.read import read_bag
+from histobag.engine import CollectSink, Job, run
 from histobag.errors import ConfigError, ExtractorArgumentError, HistobagError
 from histobag.extractors.base import FeatureExtractor, ModelBuild
+from histobag.extractors.preprocess import PreprocessingOverrides
+from histobag.files import atomic_path, write_json_atomic
+from histobag.io.bag_writers import get_writer
+from histobag.tile_readers import ExistingWSI
 from histobag_noncommercial.longnet import LongNetEncoder
 
 if TYPE_CHECKING:
@@ -383,11 +390,6 @@ class SlideEncoderExtractor(FeatureExtractor):
             ConfigError: ``outdir`` was written with another configuration (and not
                 ``overwrite``).
         """
-        from histobag.bags.config import fingerprint, read_config
-        from histobag.bags.read import read_bag
-        from histobag.files import atomic_path, write_json_atomic
-        from histobag.io.bag_writers import get_writer
-
         bags_dir, outdir = Path(bags_dir), Path(outdir)
         bags_config = read_config(bags_dir) if writer is None else None
         writer = writer or bags_config["writer"]
@@ -479,8 +481,6 @@ def build_slide_encoder(
     Same as ``histobag.build_feature_extractor("gigapath.slide", ...)``; ``name`` picks another
     registered slide encoder (e.g. a reduced test model).
     """
-    from histobag import build_feature_extractor
-
     extractor = build_feature_extractor(
         name,
         weights=weights,
@@ -498,8 +498,6 @@ def build_slide_encoder(
 # Tile + slide encoders end to end
 # ------------------------------------------------------------------------------------------
 
-_PREPROCESSING_OVERRIDES = ("resize", "center_crop", "interpolation", "antialias")
-
 
 class GigaPathExtractor(FeatureExtractor):
     """Prov-GigaPath end to end: :attr:`tile` (``gigapath.tile``) and :attr:`slide`
@@ -513,15 +511,10 @@ class GigaPathExtractor(FeatureExtractor):
         **kwargs: Any,
     ) -> None:
         super().__init__(spec, build, preprocessing, **kwargs)
-        from histobag import build_feature_extractor
 
         extra = self.extra
-        tile_overrides = {
-            k: v for k, v in self._config_kwargs.items() if k in (*_PREPROCESSING_OVERRIDES,)
-        }
-        for key in ("norm_mean", "norm_std"):
-            if key in self._config_kwargs:
-                tile_overrides[key] = tuple(self._config_kwargs[key])
+        # The end-to-end model's preprocessing overrides are the tile encoder's.
+        tile_overrides = PreprocessingOverrides.split(self._config_kwargs)[0].recorded()
         self.tile = build_feature_extractor(
             extra["tile_encoder"],
             weights=extra["tile_encoder_weights"],
@@ -570,8 +563,6 @@ class GigaPathExtractor(FeatureExtractor):
                 "gigapath takes a histobag.WSI; use .tile(batch) for tile features and "
                 ".slide(features, coords) for a slide embedding from features."
             )
-        from histobag.engine import CollectSink, Job, run
-        from histobag.tile_readers import ExistingWSI
 
         sink = CollectSink()
         run(self.tile, [Job("wsi", ExistingWSI(obj))], sink, **kwargs)
