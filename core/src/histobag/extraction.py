@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from histobag.engine import SlideResult
     from histobag.extractors.base import FeatureExtractor
 
 __all__ = ["features_from_tfrecord", "features_from_wsi", "is_wsi"]
@@ -42,24 +43,14 @@ def features_from_wsi(
     list of those; see :func:`histobag.tile_transforms.resolve_tile_transforms`), applied after the
     stain normalizer.
     """
-    # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     import numpy as np
 
-    from histobag.engine import CollectSink, Job, run
+    # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     from histobag.tile_readers import ExistingWSI
 
-    transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading
-    sink = CollectSink()
-    run(
-        extractor,
-        [Job("wsi", ExistingWSI(wsi))],
-        sink,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        normalizer=normalizer,
-        tile_transforms=transforms,
+    result = _run_one(
+        "wsi", extractor, ExistingWSI(wsi), batch_size, num_workers, normalizer, tile_transforms
     )
-    result = sink.single("wsi")
     rows, cols = wsi.grid.shape
     n_features = result.features.shape[1] if len(result.features) else extractor.num_features
     out = np.ma.masked_all((rows, cols, n_features), dtype=np.float32)
@@ -83,29 +74,47 @@ def features_from_tfrecord(
     Coordinates are the records' ``loc_x``, ``loc_y``: level-0 tile centres, as slideflow
     writes them. ``tile_transforms`` as for :func:`features_from_wsi`.
     """
-    # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     import numpy as np
     import torch
 
-    from histobag.engine import CollectSink, Job, run
+    # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
     from histobag.tile_readers import OpenTFRecord
+
+    opener = OpenTFRecord(str(path))
+    result = _run_one(
+        "tfrecord", extractor, opener, batch_size, num_workers, normalizer, tile_transforms
+    )
+    features = result.features
+    if not len(features):
+        features = np.zeros((0, extractor.num_features), dtype=np.float32)
+    return torch.from_numpy(features), torch.from_numpy(result.top_left)
+
+
+def _run_one(
+    key: str,
+    extractor: FeatureExtractor,
+    opener: Any,
+    batch_size: int,
+    num_workers: int | str,
+    normalizer: Any,
+    tile_transforms: Any,
+) -> SlideResult:
+    """Run the engine over one tile reader and return its result (or raise its failure)."""
+    # Deferred: the engine imports torch, and this module is imported by ``import histobag``.
+    from histobag.engine import CollectSink, Job, run
 
     transforms = resolve_tile_transforms(tile_transforms)  # unknown names fail before reading
     sink = CollectSink()
     run(
         extractor,
-        [Job("tfrecord", OpenTFRecord(str(path)))],
+        [Job(key, opener)],
         sink,
         batch_size=batch_size,
         num_workers=num_workers,
         normalizer=normalizer,
         tile_transforms=transforms,
     )
-    result = sink.single("tfrecord")
-    features = result.features
-    if not len(features):
-        features = np.zeros((0, extractor.num_features), dtype=np.float32)
-    return torch.from_numpy(features), torch.from_numpy(result.top_left)
+    return sink.single(key)
 
 
 def is_wsi(obj: Any) -> bool:
