@@ -42,7 +42,3 @@ def find_input_handler(obj: Any) -> InputHandler | None:
     """The handler accepting ``obj``, or None (then ``obj`` must be a tile batch)."""
     return next((h for h in _HANDLERS.values() if h.accepts(obj)), None)
 
-
-def accepted_inputs() -> list[str]:
-    """Names of the registered kinds of input, for error messages."""
-    return list(_HANDLERS)
