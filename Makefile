@@ -11,7 +11,7 @@ PACKS := -e "core[all]" -e plugins/apache -e plugins/gpl -e plugins/noncommercia
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo test test-fast lint bench docs clean
 
 $(STAMP): core/pyproject.toml plugins/*/pyproject.toml tests/requirements.txt \
 		tests/plugins/histobag-example/pyproject.toml \
@@ -31,8 +31,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# -n auto: one xdist worker per core. --dist loadfile: each test file runs on one worker, so
+# module-scoped fixtures (reference models, pip-installed packs, slides) are built once per
+# run, not once per worker.
+XDIST := -n auto --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The quick loop while developing: the tests not marked @pytest.mark.slow, without the linters.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH=$(BIN):$$PATH $(BIN)/python benchmarks/startup.py

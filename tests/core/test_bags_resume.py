@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.core.bag_helpers import TILE_PX, TILE_UM, make_slides
@@ -49,6 +50,7 @@ def _bags(folder: Path) -> dict[str, torch.Tensor]:
     return {p.stem: torch.load(p, weights_only=True) for p in _final_bags(folder)}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_bags(tmp_path):
     slides = make_slides(tmp_path / "slides", n=4)
     reference = _start(slides, tmp_path / "reference", delay=0.0)
@@ -89,6 +91,7 @@ def test_sigkill_then_resume_gives_identical_bags(tmp_path):
     assert not list(outdir.glob(".histobag-tmp-*"))
 
 
+@pytest.mark.slow
 def test_bad_slides_are_reported_and_the_cli_exits_non_zero(tmp_path):
     slides = make_slides(tmp_path / "slides", n=2, bad=True)
     outdir = tmp_path / "bags"

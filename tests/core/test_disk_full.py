@@ -145,6 +145,7 @@ def assert_only_whole_bags(outdir: Path, reference: dict[str, np.ndarray]) -> li
     return present
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["first slide", "third slide"])
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes(
     tmpfs, slides, reference, fill

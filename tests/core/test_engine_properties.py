@@ -159,6 +159,7 @@ def check_run(extractor, sink: CollectSink, slides) -> None:
             check_slide(extractor, sink.results[f"s{i}"], seed, keep)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=120)
 @given(slides=slide_sets(), batch_size=st.integers(1, 97))
 def test_inline_reading_keeps_exactly_the_filtered_tiles(extractor, slides, batch_size):

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -70,6 +72,7 @@ def test_core_requirements_leave_analysis_and_h5_to_extras():
     assert extras["all"] == ["histobag[analysis,h5]"]
 
 
+@pytest.mark.slow
 def test_core_works_and_analysis_names_its_extra(tmp_path):
     proc = _without_extras(
         """

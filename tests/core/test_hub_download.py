@@ -63,6 +63,7 @@ def weights_bytes():
     return save({k: v.contiguous() for k, v in net.state_dict().items()}), net
 
 
+@pytest.mark.slow
 def test_download_then_offline_from_cache(tmp_path, weights_bytes):
     body, net = weights_bytes
     with FakeHub() as hub:
@@ -99,6 +100,7 @@ def test_gated_repo_says_to_request_access(tmp_path):
     assert TOKEN not in result["message"] and TOKEN not in stderr
 
 
+@pytest.mark.slow
 def test_prepopulated_cache_is_used_offline(tmp_path, weights_bytes):
     """A cache laid out as huggingface_hub writes it (blobs, snapshots, refs) is found."""
     body, net = weights_bytes

@@ -134,7 +134,8 @@ def test_broken_pack_is_reported_and_others_still_load(targets, tmp_path):
             "-S",
             "-c",
             "import histobag, json; print(json.dumps(histobag.list_extractors())); "
-            "from histobag.plugins import plugin_failures; print(plugin_failures()[0])",
+            "(failure,) = histobag.plugin_failures(); print(failure); "
+            "print(json.dumps([failure.hook, failure.entry_point, failure.traceback]))",
         ],
         env={"PYTHONPATH": ":".join(paths)},
         capture_output=True,
@@ -147,4 +148,7 @@ def test_broken_pack_is_reported_and_others_still_load(targets, tmp_path):
     assert json.loads(lines[0]) == ["example-colorstats"]
     assert "histobag pack 'histobag-broken'" in lines[1]
     assert "ModuleNotFoundError" in lines[1]
+    hook, entry_point, trace = json.loads(lines[2])
+    assert hook == "" and entry_point == "broken = histobag_broken_missing.plugin"
+    assert trace.startswith("Traceback") and "No module named 'histobag_broken_missing'" in trace
     assert "histobag-broken" in proc.stderr  # also warned

@@ -47,7 +47,10 @@ def slides(tmp_path_factory) -> Path:
     return make_slides(tmp_path_factory.mktemp("normslides"), n=1)
 
 
-@pytest.mark.parametrize("method", SLIDEFLOW_NAMES)
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m == "vahadane" else m for m in SLIDEFLOW_NAMES],
+)
 def test_bags_hold_features_of_the_normalised_tiles(extractor, slides, tmp_path, method):
     dataset = histobag.Dataset(slides, None, TILE_PX, TILE_UM)
     report = dataset.generate_feature_bags(
