@@ -41,4 +41,3 @@ def register_input_handler(handler: InputHandler) -> None:
 def find_input_handler(obj: Any) -> InputHandler | None:
     """The handler accepting ``obj``, or None (then ``obj`` must be a tile batch)."""
     return next((h for h in _HANDLERS.values() if h.accepts(obj)), None)
-
