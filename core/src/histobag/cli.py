@@ -11,7 +11,6 @@ from typing import Any
 
 from histobag import __version__, validation
 from histobag.analysis.cli import add_commands as add_analysis_commands
-from histobag.bags.manifest import verify_bags
 from histobag.errors import ArgumentError, EmptyRunWarning, HistobagError
 from histobag.extractors.registry import extractor_info, list_extractors, require_tile_encoder
 from histobag.plugins import disabled_packs, plugin_failures
@@ -282,6 +281,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash a bags folder's bags; exit 1 when any is damaged, missing or unrecorded."""
+    # Deferred: reading bags imports numpy, which `histobag list` does not need.
+    from histobag.bags.manifest import verify_bags
+
     report = verify_bags(args.outdir)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
