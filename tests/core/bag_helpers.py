@@ -7,9 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from histobag import ExtractorSpec, Preprocessing
+from histobag.io.bag_writers import BagWriter
 from histobag.slide.samples import sample_slide
 from tests.core.conftest import VENDOR_DIR
 
@@ -25,6 +27,23 @@ def make_slides(folder: Path, n: int = 3, bad: bool = False) -> Path:
         shutil.copy(VENDOR_DIR / "unreadable.svs", folder)
         shutil.copy(VENDOR_DIR / "unopenable.tiff", folder)
     return folder
+
+
+class NpzWriter(BagWriter):
+    """A minimal bag writer for tests: features and coordinates in one ``<slide>.npz``."""
+
+    name = "test-npz"
+
+    def files(self, slide):
+        return [self.outdir / f"{slide}.npz"]
+
+    def write_files(self, slide, features, coords, geometry, paths):
+        with open(paths[0], "wb") as handle:
+            np.savez(handle, features=features, coords=coords)
+
+    def read(self, slide):
+        with np.load(self.files(slide)[0]) as data:
+            return data["features"], data["coords"]
 
 
 class PixelNet(torch.nn.Module):

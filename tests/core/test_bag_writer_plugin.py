@@ -27,7 +27,7 @@ from histobag.geometry import TileGeometry
 from histobag.io.bag_writers import BagWriter, get_writer
 from histobag.plugins import bag_writer_specs
 from histobag.slide import WSI
-from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
+from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, NpzWriter, make_slides
 from tests.core.toy_models import registered
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -185,30 +185,13 @@ def test_the_writer_implements_exactly_the_documented_methods():
     assert own == {"name", "coordinates", "files", "write_files", "read"}
 
 
-class _Npz(BagWriter):
-    """A minimal in-test writer; subclasses break one rule each."""
-
-    name = "test-npz"
-
-    def files(self, slide):
-        return [self.outdir / f"{slide}.npz"]
-
-    def write_files(self, slide, features, coords, geometry, paths):
-        with open(paths[0], "wb") as handle:
-            np.savez(handle, features=features, coords=coords)
-
-    def read(self, slide):
-        with np.load(self.files(slide)[0]) as data:
-            return data["features"], data["coords"]
-
-
 def _arrays(n=5, f=3):
     rng = np.random.default_rng(0)
     return rng.standard_normal((n, f)), rng.integers(0, 10_000, (n, 2))
 
 
 def test_write_converts_coordinates_to_the_writers_convention(tmp_path):
-    class Centres(_Npz):
+    class Centres(NpzWriter):
         coordinates = "centre"
 
     features, top_left = _arrays()
@@ -248,10 +231,10 @@ def test_a_writer_with_the_public_method_gets_no_deprecation_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
 
-        class Modern(_Npz):
+        class Modern(NpzWriter):
             pass
 
-    assert Modern.write_files is _Npz.write_files
+    assert Modern.write_files is NpzWriter.write_files
 
 
 def test_a_writer_must_implement_write_files():
@@ -271,12 +254,12 @@ def test_a_writer_must_implement_write_files():
 def test_an_unknown_coordinate_convention_is_refused_at_class_definition():
     with pytest.raises(PluginError, match="top_left, centre"):
 
-        class Corner(_Npz):
+        class Corner(NpzWriter):
             coordinates = "bottom_right"
 
 
 def test_a_writer_that_does_not_write_its_path_is_named(tmp_path):
-    class Forgetful(_Npz):
+    class Forgetful(NpzWriter):
         def write_files(self, slide, features, coords, geometry, paths):
             paths[0].unlink()
 
@@ -286,7 +269,7 @@ def test_a_writer_that_does_not_write_its_path_is_named(tmp_path):
 
 
 def test_a_writer_whose_write_files_fails_leaves_nothing(tmp_path):
-    class Failing(_Npz):
+    class Failing(NpzWriter):
         def write_files(self, slide, features, coords, geometry, paths):
             paths[0].write_bytes(b"half a bag")
             raise ValueError("boom")
@@ -297,7 +280,7 @@ def test_a_writer_whose_write_files_fails_leaves_nothing(tmp_path):
 
 
 def test_a_read_breaking_its_contract_is_reported_when_resuming(tmp_path):
-    class Float64(_Npz):
+    class Float64(NpzWriter):
         def read(self, slide):
             features, coords = super().read(slide)
             return features.astype(np.float64), coords
@@ -310,9 +293,9 @@ def test_a_read_breaking_its_contract_is_reported_when_resuming(tmp_path):
 def test_write_refuses_mismatched_arrays(tmp_path):
     features, top_left = _arrays()
     with pytest.raises(histobag.HistobagError, match="5 feature rows but 4 coordinates"):
-        _Npz(tmp_path).write("s", features, top_left[:4], GEOMETRY)
+        NpzWriter(tmp_path).write("s", features, top_left[:4], GEOMETRY)
     with pytest.raises(histobag.HistobagError, match=r"must be \(N, F\)"):
-        _Npz(tmp_path).write("s", features[:, 0], top_left, GEOMETRY)
+        NpzWriter(tmp_path).write("s", features[:, 0], top_left, GEOMETRY)
 
 
 def test_the_h5_writer_without_h5py_names_the_extra(tmp_path, monkeypatch):

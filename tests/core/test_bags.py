@@ -12,7 +12,6 @@ from histobag.analysis import DatasetFeatures
 from histobag.bags.read import read_bag
 from histobag.errors import ConfigError, EmptyRunWarning
 from histobag.files import TMP_PREFIX
-from histobag.io.bag_writers import BagWriter
 from histobag.slide import WSI
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
 from tests.core.toy_models import registered
@@ -186,43 +185,21 @@ def test_unsafe_slide_names_are_sanitised(tmp_path, extractor):
 
 
 def test_a_pack_can_add_a_bag_writer(slides, extractor, tmp_path):
-    class NpzWriter(BagWriter):
-        name = "script-npz"  # "npz" is the installed histobag-writer-example's
-
-        def files(self, slide):
-            return [self.outdir / f"{slide}.npz"]
-
-        def write_files(self, slide, features, coords, geometry, paths):
-            with open(paths[0], "wb") as handle:
-                np.savez(handle, features=features, coords=coords)
-
-        def read(self, slide):
-            with np.load(self.files(slide)[0]) as data:
-                return data["features"], data["coords"]
-
-    import sys
-    import types
-
-    module = types.ModuleType("npz_writer_plugin")
-    module.NpzWriter = NpzWriter
-    sys.modules["npz_writer_plugin"] = module
-
     class Plugin:
         @histobag.hookimpl
         def histobag_bag_writers(self):
-            return [histobag.BagWriterSpec("script-npz", "npz_writer_plugin:NpzWriter")]
+            return [histobag.BagWriterSpec("test-npz", "tests.core.bag_helpers:NpzWriter")]
 
     plugin = histobag.register_plugin(Plugin())
     try:
         report = _dataset(slides).generate_feature_bags(
-            extractor, tmp_path, writer="script-npz", progress=False, num_workers=0
+            extractor, tmp_path, writer="test-npz", progress=False, num_workers=0
         )
         assert report.ok
         features, _, _ = read_bag(tmp_path, "slide-0")
         assert features.shape == (report.done["slide-0"], 12)
     finally:
         histobag.unregister_plugin(plugin)
-        del sys.modules["npz_writer_plugin"]
 
 
 def test_no_temporary_files_left_behind(slides, extractor, tmp_path):
