@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a registered tile transform, applied after the normalizer (repeat: in order)",
     )
+    p.add_argument(
+        "--tissue",
+        default="otsu",
+        choices=("otsu", "none"),
+        help="tissue detection on each slide's thumbnail (none: every grid tile that passes the "
+        "pixel filters)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
     p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
     p.add_argument("--min-tiles", type=int, default=0)
@@ -236,11 +243,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from histobag.dataset import Dataset
     from histobag.project import Project
 
+    tissue = None if args.tissue == "none" else args.tissue
     if args.project:
         project = Project(args.project)
-        dataset = project.dataset(args.tile_px, checked["tile_um"])
+        dataset = project.dataset(args.tile_px, checked["tile_um"], tissue=tissue)
     else:
-        dataset = Dataset(args.slides, args.annotations, args.tile_px, checked["tile_um"])
+        dataset = Dataset(
+            args.slides, args.annotations, args.tile_px, checked["tile_um"], tissue=tissue
+        )
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
     extractor = build_extractor_for_run(args.extractor, args.tile_px, weights=args.weights)
     options = dict(

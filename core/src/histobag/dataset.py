@@ -26,6 +26,9 @@ __all__ = ["SLIDE_SUFFIXES", "Dataset", "ExtractionSummary", "find_slides"]
 
 logger = logging.getLogger(__name__)
 
+#: Tissue detectors a dataset can name (``None`` switches tissue detection off).
+TISSUE_METHODS = ("otsu",)
+
 #: File suffixes treated as slides when a folder is scanned (DICOM is left out: one slide is
 #: several .dcm files; pass its level-0 file explicitly).
 SLIDE_SUFFIXES = (
@@ -144,6 +147,9 @@ class Dataset:
         filter_blank: Columns that must not be blank.
         tfrecords: Folder of ``<slide>.tfrecords`` files for this tile size.
         roi: Folder of ROI files ``<slide>.geojson`` / ``.json`` / ``.csv``.
+        tissue: Tissue detection on each slide's thumbnail: ``"otsu"`` (the default) or
+            ``None`` to keep every grid tile that passes the pixel filters (grayspace and
+            whitespace). Recorded in ``bags_config.json``.
 
     Raises:
         TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -168,6 +174,7 @@ class Dataset:
         filter_blank: str | Sequence[str] | None = None,
         tfrecords: str | Path | None = None,
         roi: str | Path | None = None,
+        tissue: str | None = "otsu",
     ) -> None:
         if tile_px is not None or tile_um is not None:  # validate early
             if tile_px is not None:
@@ -185,6 +192,9 @@ class Dataset:
         self._add_filters(filters, filter_blank)
         self.tfrecords_dir = Path(tfrecords) if tfrecords is not None else None
         self.roi_dir = Path(roi) if roi is not None else None
+        if tissue is not None:
+            validation.check_choice("tissue", tissue, TISSUE_METHODS)
+        self.tissue = tissue
         if self.roi_dir is not None and not self.roi_dir.is_dir():
             what = "is a file, not a folder" if self.roi_dir.is_file() else "does not exist"
             raise ConfigError(f"ROI folder {self.roi_dir} {what}. Check roi=.")
@@ -374,12 +384,15 @@ class Dataset:
                 f"No slide file for {slide!r} in this dataset; check slides= and the filters."
             )
         kwargs.setdefault("roi", self.roi_file(slide))
+        kwargs.setdefault("tissue", self.tissue)
         return WSI(path, tile_px, tile_um, **kwargs)
 
     def wsi_kwargs(self, slide: str) -> dict[str, Any]:
-        """Per-slide keyword arguments for :class:`~histobag.slide.WSI` (its ROI file)."""
+        """Per-slide keyword arguments for :class:`~histobag.slide.WSI`: its ROI file and the
+        dataset's tissue detection."""
         roi = self.roi_file(slide)
-        return {"roi": str(roi)} if roi is not None else {}
+        kwargs: dict[str, Any] = {"tissue": self.tissue}
+        return kwargs | ({"roi": str(roi)} if roi is not None else {})
 
     def generate_feature_bags(
         self, extractor: Any, outdir: str | Path, **kwargs: Any

@@ -190,10 +190,12 @@ class Project:
         *,
         filters: Filters | None = None,
         filter_blank: str | Sequence[str] | None = None,
+        tissue: str | None = "otsu",
     ) -> Dataset:
         """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
 
-        Its TFRecord folder is :meth:`tfrecords_dir` for this tile size.
+        Its TFRecord folder is :meth:`tfrecords_dir` for this tile size; ``tissue`` is
+        ``"otsu"`` or ``None`` (no tissue detection), as in :class:`~histobag.dataset.Dataset`.
 
         Raises:
             TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -209,6 +211,7 @@ class Project:
             filter_blank=filter_blank,
             tfrecords=self.tfrecords_dir(tile_px, tile_um),
             roi=self.roi,
+            tissue=tissue,
         )
 
     def generate_feature_bags(
@@ -224,7 +227,8 @@ class Project:
             extractor: A registered extractor name or a built extractor.
             dataset: Slides at one tile size, e.g. ``P.dataset(224, 112)``.
             outdir: Bags folder; ``"auto"`` is ``<root>/bags/<extractor>_<px>px_<um>``
-                (plus the normalizer's name and the tile transforms' names if used).
+                (plus the normalizer's and tile transforms' names, and ``no-tissue-detection``
+                for a dataset with ``tissue=None``).
             **kwargs: ``normalizer``, ``tile_transforms``, ``writer``, ``batch_size``,
                 ``num_workers``,
                 ``min_tiles``, ``max_tiles``, ``overwrite``, ``source``, ``progress``,
@@ -252,6 +256,7 @@ class Project:
             parts = [tag, f"{dataset.tile_px}px", format_tile_um(dataset.tile_um)]
             parts += [norm_tag] if norm_tag else []
             parts += [t.name for t in transforms]
+            parts += ["no-tissue-detection"] if getattr(dataset, "tissue", "otsu") is None else []
             outdir = self.bags_dir / safe_name("_".join(parts))
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 

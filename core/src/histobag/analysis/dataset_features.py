@@ -409,6 +409,7 @@ class DatasetFeatures:
             writer=writer,
             coordinates=bag_writer.coordinates,
             tile_transforms=self.tile_transforms,
+            tissue=getattr(self.dataset, "tissue", "otsu"),
         )
         prepare_bags_folder(outdir, config, overwrite)
         report = BagRunReport(outdir)

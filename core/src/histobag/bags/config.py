@@ -40,6 +40,7 @@ FINGERPRINT_KEYS = (
     "extractor",
     "normalizer",
     "tile_transforms",
+    "tissue",
     "num_features",
     "tile_px",
     "tile_um",
@@ -64,11 +65,13 @@ def make_config(
     writer: str,
     coordinates: str,
     tile_transforms: Sequence[Any] = (),
+    tissue: str | None = "otsu",
 ) -> dict[str, Any]:
     """The configuration of a bag run (JSON-able).
 
     ``tile_transforms`` are built :class:`histobag.tile_transforms.TileTransform` objects; each is
     recorded as ``{"name", "kwargs"}`` and its pack's version goes with the other versions.
+    ``tissue`` is the dataset's tissue detection (``"otsu"`` or ``None``).
     """
     provenance = extractor.provenance()
     pack = provenance.pop("pack")
@@ -88,6 +91,7 @@ def make_config(
         "extractor": extractor.dump_config(),
         "normalizer": normalizer_config(normalizer),
         "tile_transforms": [transform.to_dict() for transform in tile_transforms],
+        "tissue": tissue,
         "num_features": extractor.num_features,
         "tile_px": tile_px,
         "tile_um": tile_um,
@@ -116,6 +120,7 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
     out["tile_transforms"] = out["tile_transforms"] or []
+    out["tissue"] = config.get("tissue", "otsu")  # written before it was recorded: the default
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
     if _weights_file(config) is not None and out["weights_sha256"]:
@@ -248,6 +253,8 @@ def _validate(config: Any, file: Path) -> None:
             problem = "'normalizer' must be null or {'method': <name>, 'fit': {...}}"
         elif not _tile_transforms_record(config.get("tile_transforms")):
             problem = "'tile_transforms' must be a list of {'name': <name>, 'kwargs': {...}}"
+        elif not isinstance(config.get("tissue", "otsu"), (str, type(None))):
+            problem = "'tissue' must be null or a tissue detector's name"
         elif not isinstance(config.get("writer"), str):
             problem = "'writer' must be a registered writer name"
     if problem:

@@ -346,6 +346,7 @@ def generate_feature_bags(
         writer=writer,
         coordinates=bag_writer.coordinates,
         tile_transforms=tile_transforms,
+        tissue=getattr(dataset, "tissue", "otsu"),
     )
     try:
         prepare_bags_folder(outdir, config, overwrite)
