@@ -144,10 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="write one feature bag per slide")
     p.add_argument("--extractor", required=True, help="registered extractor name")
     p.add_argument("--weights", help="local checkpoint (default: the official download)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: cpu, cuda, cuda:1, mps... (auto: CUDA if available, else "
+        "MPS, else the CPU)",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--slides", help="folder of slides")
     where.add_argument("--project", help="histobag project folder")
     p.add_argument("--annotations", help="CSV with a 'slide' column (with --slides)")
+    p.add_argument("--roi", help="folder of ROI files <slide>.geojson/.json/.csv (with --slides)")
     p.add_argument("--tile-px", type=int, required=True, help="tile side in pixels")
     p.add_argument("--tile-um", required=True, help="tile side in microns, or e.g. 20x")
     p.add_argument("--outdir", help="bags folder (default with --project: <project>/bags/...)")
@@ -225,6 +232,10 @@ def _check_extract_args(args: argparse.Namespace) -> dict[str, Any]:
         validation.check_slide_folder(args.slides, name="--slides")
         if not args.outdir:
             raise ArgumentError("--outdir is required with --slides.")
+    if args.project is not None and args.roi is not None:
+        raise ArgumentError(
+            "--roi is for --slides; a project keeps its own ROI folder (Project.create(roi=...))."
+        )
     if args.outdir:
         validation.check_output_dir(args.outdir, name="--outdir")
     return {"tile_um": tile_um, "num_workers": workers}
@@ -249,10 +260,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
         dataset = project.dataset(args.tile_px, checked["tile_um"], tissue=tissue)
     else:
         dataset = Dataset(
-            args.slides, args.annotations, args.tile_px, checked["tile_um"], tissue=tissue
+            args.slides,
+            args.annotations,
+            args.tile_px,
+            checked["tile_um"],
+            roi=args.roi,
+            tissue=tissue,
         )
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
-    extractor = build_extractor_for_run(args.extractor, args.tile_px, weights=args.weights)
+    device = None if args.device == "auto" else args.device
+    extractor = build_extractor_for_run(
+        args.extractor, args.tile_px, weights=args.weights, device=device
+    )
     options = dict(
         normalizer=args.normalizer,
         tile_transforms=tile_transforms,

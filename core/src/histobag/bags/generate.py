@@ -179,12 +179,16 @@ class BagSink:
             logger.warning("Could not update %s: %s", REPORT_NAME, exc)
 
 
-def build_extractor_for_run(extractor: Any, tile_px: int, weights: Any = None) -> Any:
+def build_extractor_for_run(
+    extractor: Any, tile_px: int, weights: Any = None, device: Any = None
+) -> Any:
     """``extractor`` built with its defaults when given by name or saved-model folder (a
-    model that needs ``tile_px``, such as an ImageNet CNN, gets the dataset's)."""
+    model that needs ``tile_px``, such as an ImageNet CNN, gets the dataset's); ``weights`` and
+    ``device`` as in :func:`histobag.build_feature_extractor` (``None``: the defaults)."""
     if not isinstance(extractor, str):
         return extractor
-    kwargs: dict[str, Any] = {} if weights is None else {"weights": weights}
+    given = {"weights": weights, "device": device}
+    kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if not is_saved_model(extractor) and "tile_px" in extractor_info(extractor).required_kwargs:
         kwargs["tile_px"] = tile_px
     return build_feature_extractor(extractor, **kwargs)
