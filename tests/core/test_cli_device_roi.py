@@ -67,3 +67,20 @@ def test_device_cpu_runs_and_an_absent_device_is_refused_before_any_bag(
     assert _extract(slides, tmp_path / "cuda", "--device", "cuda:7") == 2
     assert "not available on this machine" in capsys.readouterr().err
     assert not list((tmp_path / "cuda").glob("*.pt"))
+
+
+def test_mpp_lets_a_slide_without_one_be_extracted(pixelnet, tmp_path):
+    from histobag.slide import WSI
+    from tests.core.conftest import VENDOR_DIR
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "boxes.tiff").write_bytes((VENDOR_DIR / "boxes.tiff").read_bytes())
+    assert _extract(folder, tmp_path / "without", "--tissue", "none") == 1  # the slide fails
+    assert _extract(folder, tmp_path / "with", "--tissue", "none", "--mpp", "0.5") == 0
+    wsi = WSI(folder / "boxes.tiff", TILE_PX, TILE_UM, mpp=0.5, tissue=None)
+    _, kept = wsi.read_tiles(np.arange(len(wsi)), return_mask=True)
+    features, _, _ = read_bag(tmp_path / "with", "boxes")
+    assert len(features) == int(kept.sum()) > 0
+    dataset = histobag.Dataset(folder, None, TILE_PX, TILE_UM, tissue=None, mpp=0.5)
+    assert dataset.wsi("boxes").mpp == 0.5

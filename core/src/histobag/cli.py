@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a registered tile transform, applied after the normalizer (repeat: in order)",
     )
     p.add_argument(
+        "--mpp",
+        type=float,
+        help="level-0 microns per pixel for slides that record none (overrides every slide's)",
+    )
+    p.add_argument(
         "--tissue",
         default="otsu",
         choices=("otsu", "none"),
@@ -257,7 +262,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     tissue = None if args.tissue == "none" else args.tissue
     if args.project:
         project = Project(args.project)
-        dataset = project.dataset(args.tile_px, checked["tile_um"], tissue=tissue)
+        dataset = project.dataset(args.tile_px, checked["tile_um"], tissue=tissue, mpp=args.mpp)
     else:
         dataset = Dataset(
             args.slides,
@@ -266,6 +271,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             checked["tile_um"],
             roi=args.roi,
             tissue=tissue,
+            mpp=args.mpp,
         )
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
     device = None if args.device == "auto" else args.device

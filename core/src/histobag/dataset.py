@@ -150,6 +150,8 @@ class Dataset:
         tissue: Tissue detection on each slide's thumbnail: ``"otsu"`` (the default) or
             ``None`` to keep every grid tile that passes the pixel filters (grayspace and
             whitespace). Recorded in ``bags_config.json``.
+        mpp: Level-0 microns per pixel for every slide, overriding (or standing in for) what
+            each slide records; for scans that record none. ``None`` reads it from each slide.
 
     Raises:
         TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -175,6 +177,7 @@ class Dataset:
         tfrecords: str | Path | None = None,
         roi: str | Path | None = None,
         tissue: str | None = "otsu",
+        mpp: float | None = None,
     ) -> None:
         if tile_px is not None or tile_um is not None:  # validate early
             if tile_px is not None:
@@ -195,6 +198,7 @@ class Dataset:
         if tissue is not None:
             validation.check_choice("tissue", tissue, TISSUE_METHODS)
         self.tissue = tissue
+        self.mpp = None if mpp is None else validation.check_mpp(mpp, error=TileSettingsError)
         if self.roi_dir is not None and not self.roi_dir.is_dir():
             what = "is a file, not a folder" if self.roi_dir.is_file() else "does not exist"
             raise ConfigError(f"ROI folder {self.roi_dir} {what}. Check roi=.")
@@ -385,13 +389,16 @@ class Dataset:
             )
         kwargs.setdefault("roi", self.roi_file(slide))
         kwargs.setdefault("tissue", self.tissue)
+        if self.mpp is not None:
+            kwargs.setdefault("mpp", self.mpp)
         return WSI(path, tile_px, tile_um, **kwargs)
 
     def wsi_kwargs(self, slide: str) -> dict[str, Any]:
-        """Per-slide keyword arguments for :class:`~histobag.slide.WSI`: its ROI file and the
-        dataset's tissue detection."""
+        """Per-slide keyword arguments for :class:`~histobag.slide.WSI`: its ROI file, the
+        dataset's tissue detection and its mpp override."""
         roi = self.roi_file(slide)
         kwargs: dict[str, Any] = {"tissue": self.tissue}
+        kwargs |= {"mpp": self.mpp} if self.mpp is not None else {}
         return kwargs | ({"roi": str(roi)} if roi is not None else {})
 
     def generate_feature_bags(

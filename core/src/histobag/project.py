@@ -191,11 +191,13 @@ class Project:
         filters: Filters | None = None,
         filter_blank: str | Sequence[str] | None = None,
         tissue: str | None = "otsu",
+        mpp: float | None = None,
     ) -> Dataset:
         """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
 
         Its TFRecord folder is :meth:`tfrecords_dir` for this tile size; ``tissue`` is
-        ``"otsu"`` or ``None`` (no tissue detection), as in :class:`~histobag.dataset.Dataset`.
+        ``"otsu"`` or ``None`` (no tissue detection) and ``mpp`` overrides the slides' own
+        resolution, as in :class:`~histobag.dataset.Dataset`.
 
         Raises:
             TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -212,6 +214,7 @@ class Project:
             tfrecords=self.tfrecords_dir(tile_px, tile_um),
             roi=self.roi,
             tissue=tissue,
+            mpp=mpp,
         )
 
     def generate_feature_bags(

@@ -241,7 +241,8 @@ class WSI:
         )
         raise MissingMPPError(
             f"Slide {self.path} {found}. Pass the scan resolution explicitly, e.g. "
-            "WSI(path, ..., mpp=0.25) for a 40x scan or mpp=0.5 for 20x."
+            "WSI(path, ..., mpp=0.25) for a 40x scan or mpp=0.5 for 20x (Dataset(..., mpp=), "
+            "histobag extract --mpp)."
         )
 
     def _resolve_roi_method(self, roi_method: str) -> str:
