@@ -7,11 +7,30 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from histobag import __version__, validation
 from histobag.analysis.cli import add_commands as add_analysis_commands
-from histobag.errors import ArgumentError, EmptyRunWarning, HistobagError
+from histobag.bags.claims import DEFAULT_CLAIM_TIMEOUT, live_claims
+from histobag.bags.report import (
+    PARTS_DIR,
+    REPORT_NAME,
+    format_summary,
+    merge_run_report,
+    write_run_report,
+)
+from histobag.cluster import (
+    cpu_threads_per_rank,
+    limit_cpu_threads,
+    parse_shard,
+    rank_device,
+    run_id,
+    slurm_array_shard,
+    stop_on_sigterm,
+    torchrun_launch,
+)
+from histobag.errors import ArgumentError, ConfigError, EmptyRunWarning, HistobagError
 from histobag.extractors.registry import extractor_info, list_extractors, require_tile_encoder
 from histobag.plugins import disabled_packs, plugin_failures
 from histobag.specs import EXTRACTOR_KINDS
@@ -150,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the model runs: cpu, cuda, cuda:1, mps... (auto: CUDA if available, else "
         "MPS, else the CPU)",
     )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="the model's arithmetic (auto: the model's reduced precision where the device "
+        "has it, e.g. bf16 on most GPUs; fp32 on most CPUs). Recorded in bags_config.json",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: faster on some models and devices, after a start-up "
+        "of tens of seconds (see docs/bags.md)",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--slides", help="folder of slides")
     where.add_argument("--project", help="histobag project folder")
@@ -197,7 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="exit 1 when no bag results (an empty dataset)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cluster = p.add_argument_group(
+        "cluster runs",
+        "Any number of processes may share one --outdir: each slide is claimed before it is "
+        "extracted (see docs/distributed.md).",
+    )
+    cluster.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="start with shard I of N of the slides (1-based), then help with the others; "
+        "default in a SLURM job array: its task's shard",
+    )
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="inside a torch.distributed launch (torchrun sets this up by itself): each rank "
+        "runs on cuda:LOCAL_RANK (or its share of the CPU cores) and starts on its own shard",
+    )
+    cluster.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=DEFAULT_CLAIM_TIMEOUT,
+        metavar="SECONDS",
+        help="take over a slide whose process sent no heartbeat for this long (default "
+        "%(default)s)",
+    )
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "report", help="merge a bags folder's run reports into run_report.json and print it"
+    )
+    p.add_argument("outdir", help="bags folder")
+    p.add_argument("--json", action="store_true", help="print the merged report as JSON")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "verify", help="re-hash a bags folder's bags; list damaged, missing, unrecorded ones"
@@ -243,7 +307,26 @@ def _check_extract_args(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.outdir:
         validation.check_output_dir(args.outdir, name="--outdir")
-    return {"tile_um": tile_um, "num_workers": workers}
+    if not args.claim_timeout > 0:
+        raise ArgumentError(f"--claim-timeout must be > 0 seconds, not {args.claim_timeout}.")
+    launch = torchrun_launch()
+    if args.distributed and launch is None:
+        raise ArgumentError(
+            "--distributed needs a torch.distributed launch (RANK and WORLD_SIZE set, as "
+            "torchrun does): torchrun --nproc-per-node=N -m histobag extract ..."
+        )
+    if args.shard and launch is not None:
+        raise ArgumentError(
+            "--shard is for independent processes (SLURM arrays, shells); under torchrun each "
+            "rank takes its shard from RANK and WORLD_SIZE."
+        )
+    if args.shard:
+        shard = parse_shard(args.shard)
+    elif launch is not None:
+        shard = launch.shard
+    else:
+        shard = slurm_array_shard()
+    return {"tile_um": tile_um, "num_workers": workers, "launch": launch, "shard": shard}
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -275,8 +358,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
         )
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
     device = None if args.device == "auto" else args.device
+    launch = checked["launch"]
+    if launch is not None:  # a torchrun rank: its own GPU, or its share of the CPU cores
+        device = rank_device(launch, device)
+        if device == "cpu":
+            limit_cpu_threads(cpu_threads_per_rank(launch.local_world_size))
     extractor = build_extractor_for_run(
-        args.extractor, args.tile_px, weights=args.weights, device=device
+        args.extractor,
+        args.tile_px,
+        weights=args.weights,
+        device=device,
+        precision=None if args.precision == "auto" else args.precision,
+        compile=args.compile,
     )
     options = dict(
         normalizer=args.normalizer,
@@ -290,8 +383,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         source=args.source,
         progress=not args.no_progress,
         verify=args.verify,
+        shard=checked["shard"],
+        claim_timeout=args.claim_timeout,
+        run_id=run_id(launch),
     )
-    with warnings.catch_warnings():  # printed below as "warning: ...", once
+    with warnings.catch_warnings(), stop_on_sigterm():  # warnings printed below, once
         warnings.simplefilter("ignore", EmptyRunWarning)
         if args.project:
             report = project.generate_feature_bags(
@@ -299,19 +395,46 @@ def cmd_extract(args: argparse.Namespace) -> int:
             )
         else:
             report = generate_feature_bags(extractor, dataset, args.outdir, **options)
-    print(report.summary())
-    for message in report.warnings:
+    # The whole run's report: every process's, merged (the same table for one process).
+    merged = merge_run_report(report.outdir, report.owner.get("token")) or report.to_dict()
+    return _print_report(merged, strict=args.strict)
+
+
+def _print_report(report: dict[str, Any], strict: bool = False) -> int:
+    """Print a (merged) run report's table and warnings; returns the exit status."""
+    print(format_summary(report))
+    for message in report["warnings"]:
         print(f"warning: {message}", file=sys.stderr)
-    if report.failed:
+    if report["failed"]:
         print(
-            f"{len(report.failed)} slide(s) failed; see {report.outdir / 'run_report.json'}",
+            f"{report['failed']} slide(s) failed; see {report['outdir']}/{REPORT_NAME}",
             file=sys.stderr,
         )
         return 1
-    if args.strict and not (report.done or report.skipped):
+    if strict and not (report["done"] or report["skipped"]):
         print("--strict: exit status 1, as no bag resulted from this run.", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Merge a bags folder's run reports into ``run_report.json`` and print them.
+
+    Exit status: 0 when no slide failed, 1 when one did, 2 when the folder has no run reports.
+    """
+    outdir = Path(args.outdir)
+    if not outdir.is_dir():
+        raise ArgumentError(f"{outdir} is not a folder; give a bags folder.")
+    board_live = live_claims(outdir)
+    merged = write_run_report(outdir, live_claims=board_live)
+    if merged is None:
+        raise ConfigError(
+            f"{outdir} has no run reports ({PARTS_DIR}/): run `histobag extract` into it first."
+        )
+    if args.json:
+        print(json.dumps(merged, indent=2))
+        return 1 if merged["failed"] else 0
+    return _print_report(merged)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -100,11 +101,109 @@ class Sink(Protocol):
         """A slide could not be extracted."""
 
 
+class AbandoningSink(Sink, Protocol):
+    """A sink that also hears of slides cut short when a run stops (interrupted, out of disk
+    space): they did not fail by themselves. A :class:`Sink` without ``abandon`` gets them
+    through ``fail``."""
+
+    def abandon(self, key: str, reason: str) -> None:
+        """The run stopped before the slide was finished."""
+
+
+class Schedule(Protocol):
+    """Decides, while a run goes on, which job comes next (see :func:`run`).
+
+    Used to hand slides out one at a time where several processes share the work (slide
+    claims, :mod:`histobag.bags.claims`): a job is decided only when the run is about to start
+    reading it.
+    """
+
+    def next_job(self, stop: threading.Event) -> int | None:
+        """The index of the next job to run, or None when there is none left. May block
+        (waiting for other processes); returns None soon after ``stop`` is set."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a run report: histobag errors as they are, others with their type."""
     if isinstance(exc, HistobagError):
         return str(exc).splitlines()[0]
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class JobOrder:
+    """The order in which a run reads its jobs, decided in the main process as the run goes.
+
+    Published to the reading workers through a shared-memory tensor (``order``): position ``p``
+    holds a job index once decided, :attr:`UNDECIDED` before, :attr:`END` after the last job.
+    Without a :class:`Schedule` every job is decided at once, in order. With one, a thread asks
+    the schedule for the next job whenever fewer than ``lookahead`` decided slides are
+    unfinished, so a slide is decided (e.g. claimed) only shortly before it is read, and the
+    next is ready when the last batch of the previous one is read.
+    """
+
+    UNDECIDED = -2
+    END = -1
+
+    def __init__(self, n_jobs: int, schedule: Schedule | None, lookahead: int = 2) -> None:
+        self.order = torch.full((n_jobs + 1,), self.UNDECIDED, dtype=torch.int64)
+        self.schedule = schedule
+        self.lookahead = lookahead
+        self.admitted: list[int] = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self._unfinished = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if schedule is None:
+            self.order[:n_jobs] = torch.arange(n_jobs)
+            self.order[n_jobs] = self.END
+            self.admitted = list(range(n_jobs))
+        else:
+            self.order.share_memory_()
+
+    def start(self) -> None:
+        """Start deciding jobs (with a schedule)."""
+        if self.schedule is not None:
+            self._thread = threading.Thread(target=self._decide, name="histobag-jobs", daemon=True)
+            self._thread.start()
+
+    def _decide(self) -> None:
+        position = 0
+        try:
+            while position < len(self.order) - 1:
+                with self._changed:
+                    self._changed.wait_for(
+                        lambda: self._unfinished < self.lookahead or self.stop.is_set()
+                    )
+                if self.stop.is_set():
+                    break
+                j = self.schedule.next_job(self.stop)  # type: ignore[union-attr]
+                if j is None or self.stop.is_set():
+                    break
+                with self._changed:
+                    self._unfinished += 1
+                    self.admitted.append(j)
+                self.order[position] = j
+                position += 1
+        except BaseException as exc:  # raised by run() once the readers have stopped
+            self.error = exc
+        finally:
+            self.order[position:] = self.END
+
+    def finished(self, j: int) -> None:
+        """Job ``j`` is done (or failed): the next one may be decided."""
+        with self._changed:
+            self._unfinished -= 1
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stop deciding; readers waiting for a decision see the end."""
+        self.stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -119,21 +218,41 @@ def _worker_init(_: int) -> None:
 class TileStream(torch.utils.data.IterableDataset):
     """Iterable over the items of a run, split round-robin between DataLoader workers.
 
+    The jobs are taken in the order a :class:`JobOrder` publishes them.
     Items: ``("start", job, n_tiles, top_left, geometry, grid_index)`` (from the first worker),
     ``("batch", job, kept indices, tiles uint8 (b, px, px, 3), filtered indices)`` and
     ``("error", job, reason)``. Across a slide's batches from every worker, each tile index
     appears exactly once, either with its pixels (kept) or as filtered out.
     """
 
-    def __init__(self, jobs: Sequence[Job], batch_size: int) -> None:
+    def __init__(self, jobs: Sequence[Job], batch_size: int, order: torch.Tensor) -> None:
         self.jobs = list(jobs)
         self.batch_size = batch_size
+        self.order = order
+
+    def _job_order(self) -> Iterator[int]:
+        """Job indices in the order the main process decides them (see :class:`JobOrder`);
+        every worker sees the same order."""
+        parent = os.getppid()
+        position = 0
+        while True:
+            j = int(self.order[position])
+            if j == JobOrder.UNDECIDED:
+                if os.getppid() != parent:  # the main process is gone: stop reading
+                    return
+                time.sleep(0.002)
+                continue
+            if j == JobOrder.END:
+                return
+            yield j
+            position += 1
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         counter = 0  # global chunk number, for round-robin assignment across slides
-        for j, job in enumerate(self.jobs):
+        for j in self._job_order():
+            job = self.jobs[j]
             try:
                 source, top_left, geometry = job.open()
                 n = len(source)
@@ -238,9 +357,11 @@ class _Writer(threading.Thread):
         spill_dir: Path | None,
         depth: int,
         n_features: int | None,
+        job_order: JobOrder,
     ) -> None:
         super().__init__(name="histobag-writer", daemon=True)
         self.jobs = jobs
+        self.job_order = job_order
         self.n_features = n_features
         self.sink = sink
         self.spill_dir = spill_dir
@@ -349,17 +470,20 @@ class _Writer(threading.Thread):
         self.early.pop(j, None)
         if j in self.slides:
             self._release(j)
-        self.done.add(j)
+        elif j not in self.done:
+            self.done.add(j)
+            self.job_order.finished(j)
         self.sink.fail(self.jobs[j].key, reason)
 
     def _release(self, j: int) -> None:
         self.slides.pop(j).rows.close()
         self.done.add(j)
+        self.job_order.finished(j)
 
     def unfinished(self) -> dict[int, str]:
         """Jobs that never completed (e.g. a worker died), with what is known of why."""
         out = {}
-        for j in range(len(self.jobs)):
+        for j in list(self.job_order.admitted):
             if j in self.done:
                 continue
             slide = self.slides.get(j)
@@ -418,6 +542,8 @@ def run(
     spill_dir: str | os.PathLike[str] | None = None,
     queue_depth: int = 4,
     progress: Any = None,
+    schedule: Schedule | None = None,
+    lookahead: int = 2,
 ) -> None:
     """Extract features for every job and pass each finished slide to ``sink``.
 
@@ -435,6 +561,10 @@ def run(
         queue_depth: Batches prefetched per worker, and results queued for the writer.
         progress: Optional callback ``progress(job_key, n_tiles)`` after each batch, with the
             number of tiles it accounted for (kept or filtered out).
+        schedule: Decides which job comes next while the run goes on (each job at most once);
+            jobs it never returns are not run. ``None``: every job, in order.
+        lookahead: With a schedule, how many decided slides may be unfinished at a time: the
+            one at the model and the next ones being read.
 
     Raises:
         ArgumentError: ``batch_size``, ``num_workers`` or ``queue_depth`` is out of range.
@@ -444,11 +574,13 @@ def run(
     batch_size = check_batch_size(batch_size)
     num_workers = check_num_workers(num_workers)
     queue_depth = positive_int("queue_depth", queue_depth)
+    lookahead = positive_int("lookahead", lookahead)
     if not jobs:
         return
     device = extractor.device
     workers = auto_workers(device) if num_workers == "auto" else num_workers
-    stream = TileStream(jobs, batch_size)
+    job_order = JobOrder(len(jobs), schedule, lookahead)
+    stream = TileStream(jobs, batch_size, job_order.order)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -465,8 +597,10 @@ def run(
         Path(spill_dir) if spill_dir else None,
         depth=queue_depth * max(1, workers) + 2,
         n_features=_declared_features(extractor),
+        job_order=job_order,
     )
     writer.start()
+    job_order.start()
     trim_heap = HeapTrimmer()
     transforms = tuple(tile_transforms)
     transform_failed: set[int] = set()  # slides failed by a tile transform: skip their batches
@@ -496,19 +630,28 @@ def run(
         # A worker died (e.g. a library crash on a corrupt file), or the user interrupted.
         _stop(writer, sink, f"extraction stopped: {describe_error(exc)}")
         raise
-    if writer.error is not None:
-        _stop(writer, sink, f"run stopped: {describe_error(writer.error)}")
-        raise writer.error
+    error = writer.error or job_order.error
+    if error is not None:
+        _stop(writer, sink, f"run stopped: {describe_error(error)}")
+        raise error
     _stop(writer, sink, None)
 
 
 def _stop(writer: _Writer, sink: Sink, reason: str | None) -> None:
-    """Let the writer finish, fail every slide it did not finish, and remove spill files."""
+    """Stop deciding jobs, let the writer finish, fail every slide it did not finish, and
+    remove spill files."""
+    writer.job_order.close()
     writer.queue.put(None)
     writer.join()
+    # Slides cut short by a stopped run did not fail by themselves: a sink that tells the two
+    # apart (slide claims: another process may do them) gets them as abandoned.
+    abandon = getattr(sink, "abandon", sink.fail) if reason is not None else sink.fail
     try:
         for j, why in writer.unfinished().items():
-            sink.fail(writer.jobs[j].key, reason or why)
+            if reason is None:
+                sink.fail(writer.jobs[j].key, why)
+            else:
+                abandon(writer.jobs[j].key, reason)
     finally:
         writer.close()
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "AtomicFile",
     "atomic_files",
     "atomic_path",
+    "create_exclusive",
     "remove_stale_temporaries",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -252,10 +254,77 @@ class AtomicFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
-    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
+def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True when this call created it.
+
+    The file appears whole or not at all, and of several processes (on several hosts) creating
+    the same path at once exactly one gets True. The data is written under a temporary name and
+    hard-linked to ``path``: ``link`` fails when the target exists, also over NFS, where
+    ``O_CREAT|O_EXCL`` is not reliable on old clients. A ``link`` whose reply was lost (NFS
+    retransmission) is recognised by the temporary's link count. On a file system without hard
+    links, ``O_CREAT|O_EXCL`` is used instead.
+
+    Raises:
+        StorageError: The folder cannot be written (full, read-only, no permission).
+    """
+    final = Path(path)
+    tmp = temporary_beside(final)
+    try:
+        try:
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    return _create_with_o_excl(final, data)
+                if os.stat(tmp).st_nlink == 2:  # the link was made; only its reply was lost
+                    return True
+                raise
+        finally:
+            tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        error = storage_error(exc, final.parent)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
+def _create_with_o_excl(final: Path, data: bytes) -> bool:
+    """:func:`create_exclusive` without hard links: the file is briefly visible while written."""
+    try:
+        fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        pwrite_all(fd, data, 0)
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str], older_than: float | None = None
+) -> int:
+    """Delete temporary files left in ``folder`` by an interrupted run; returns how many.
+
+    Args:
+        folder: The folder to clean.
+        older_than: Only temporaries not modified for this many seconds. Other processes may
+            be writing into the same folder (a cluster run): their temporaries are in use.
+            ``None`` removes every temporary.
+    """
     removed = 0
+    now = time.time()
     for stale in Path(folder).glob(TMP_PREFIX + "*"):
+        if older_than is not None:
+            try:
+                if now - stale.stat().st_mtime <= older_than:
+                    continue
+            except FileNotFoundError:
+                continue
         stale.unlink(missing_ok=True)
         removed += 1
     return removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from histobag import validation
 from histobag.analysis.features import load_model_extractor, saved_normalizer, split_logits
 from histobag.analysis.plots import box_plot_figure, save_figure
 from histobag.analysis.stats import feature_tests, normalise_labels, slide_values, tile_groups
+from histobag.bags.claims import Owner
 from histobag.bags.config import make_config, read_config
 from histobag.bags.generate import (
     BagRunReport,
@@ -412,12 +414,13 @@ class DatasetFeatures:
             tissue=getattr(self.dataset, "tissue", "otsu"),
         )
         prepare_bags_folder(outdir, config, overwrite)
-        report = BagRunReport(outdir)
+        report = BagRunReport(outdir, owner=asdict(Owner.current()))
         sink = BagSink(bag_writer, report, min_tiles=0)
         for result in self._results.values():
             sink.finish(result)
         for key, reason in self.failed.items():
             sink.fail(key, reason)
+        sink.close()
         return report
 
     def __repr__(self) -> str:

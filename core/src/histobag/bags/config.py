@@ -115,19 +115,27 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a configuration that determines the features.
 
     A local weights file counts by its sha256 (``weights_sha256``), not by the spelling of its
-    path: the same file under another name, or moved, is the same configuration. A
-    configuration written before tile transforms existed (no ``tile_transforms``) has none.
+    path: the same file under another name, or moved, is the same configuration. Options that
+    change speed only (``compile``) do not count. A configuration written before tile
+    transforms existed (no ``tile_transforms``) has none.
     """
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
     out["tile_transforms"] = out["tile_transforms"] or []
     out["tissue"] = config.get("tissue", "otsu")  # written before it was recorded: the default
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
+    ignored = set(_SPEED_ONLY_KWARGS)
     if _weights_file(config) is not None and out["weights_sha256"]:
-        extractor = config["extractor"]
-        kwargs = {k: v for k, v in extractor["kwargs"].items() if k != "weights"}
+        ignored.add("weights")
+    extractor = out["extractor"]
+    if isinstance(extractor, dict) and isinstance(extractor.get("kwargs"), dict):
+        kwargs = {k: v for k, v in extractor["kwargs"].items() if k not in ignored}
         out["extractor"] = {**extractor, "kwargs": kwargs}
     return json.loads(json.dumps(out))  # normalise tuples/ints for comparison
+
+
+#: Build options that change speed, not features: a compiled run may resume a plain one.
+_SPEED_ONLY_KWARGS = ("compile",)
 
 
 def _weights_label(config: dict[str, Any]) -> str:

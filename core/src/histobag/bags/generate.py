@@ -10,18 +10,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from histobag import validation
 from histobag.bags import manifest as integrity
+from histobag.bags.claims import DEFAULT_CLAIM_TIMEOUT, ClaimBoard, Owner
 from histobag.bags.config import (
     CONFIG_NAME,
     build_normalizer,
@@ -29,7 +31,10 @@ from histobag.bags.config import (
     make_config,
     read_config,
 )
+from histobag.bags.report import PARTS_DIR, REPORT_NAME, BagRunReport, write_run_report
+from histobag.bags.schedule import ClaimSchedule
 from histobag.bags.space import short_of_space
+from histobag.cluster import Shard, parse_shard
 from histobag.engine import Job, SlideResult, run
 from histobag.errors import (
     ArgumentError,
@@ -53,96 +58,36 @@ from histobag.slide.magnification import tile_microns
 from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
 from histobag.tile_transforms import resolve_tile_transforms
 
-REPORT_NAME = "run_report.json"
 SOURCES = ("auto", "slides", "tfrecords")
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BagRunReport:
-    """What a bag run did, per slide.
+class BagSink:
+    """Writes each finished slide's bag; records failures; keeps this process's report current.
 
-    Attributes:
-        outdir: The bags folder.
-        done: Slides extracted in this run → number of tiles.
-        skipped: Slides whose bag already existed with this configuration → number of tiles.
-        failed: Slides that could not be extracted → reason.
-        redone: Slides whose existing bag did not match its record and was extracted again →
-            what differed (they are also in ``done``, or ``failed``).
-        warnings: Messages about the run as a whole (an empty dataset, no bag written).
-        seconds: Wall time of the run.
+    With a :class:`~histobag.bags.schedule.ClaimSchedule`, a bag is written only while this
+    process still holds the slide's claim, and the claim is released once the bag is recorded
+    (or the slide failed).
     """
 
-    outdir: Path
-    done: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    redone: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when no slide failed."""
-        return not self.failed
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (``run_report.json``)."""
-        slides: dict[str, Any] = {}
-        for name, n in self.done.items():
-            slides[name] = {"status": "done", "tiles": n}
-        for name, n in self.skipped.items():
-            slides[name] = {"status": "skipped", "tiles": n, "reason": "bag already complete"}
-        for name, reason in self.failed.items():
-            slides[name] = {"status": "failed", "reason": reason}
-        for name, why in self.redone.items():
-            if name in slides:
-                slides[name]["redone"] = why
-        return {
-            "outdir": str(self.outdir),
-            "seconds": round(self.seconds, 3),
-            "done": len(self.done),
-            "skipped": len(self.skipped),
-            "failed": len(self.failed),
-            "warnings": list(self.warnings),
-            "slides": dict(sorted(slides.items())),
-        }
-
-    def summary(self) -> str:
-        """A table of slides and their status."""
-        rows = [
-            (n, "done", str(t), f"redone: {self.redone[n]}" if n in self.redone else "")
-            for n, t in self.done.items()
-        ]
-        rows += [(n, "skipped", str(t), "already complete") for n, t in self.skipped.items()]
-        rows += [(n, "FAILED", "-", r) for n, r in self.failed.items()]
-        rows.sort()
-        headers = ("slide", "status", "tiles", "note")
-        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.append(
-            f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
-            f"in {self.seconds:.1f} s -> {self.outdir}"
-        )
-        return "\n".join(lines)
-
-
-class BagSink:
-    """Writes each finished slide's bag; records failures; keeps the report current."""
-
     def __init__(
-        self, writer: BagWriter, report: BagRunReport, min_tiles: int, on_slide: Any = None
+        self,
+        writer: BagWriter,
+        report: BagRunReport,
+        min_tiles: int,
+        on_slide: Any = None,
+        schedule: ClaimSchedule | None = None,
     ) -> None:
         self.writer = writer
         self.report = report
         self.min_tiles = min_tiles
         self.on_slide = on_slide
+        self.schedule = schedule
         self.lock = threading.Lock()
 
     def finish(self, result: SlideResult) -> None:
+        """Write the bag of a finished slide (or fail it when it has too few tiles)."""
         n = len(result.features)
         if n == 0 or n < self.min_tiles:
             self.fail(
@@ -152,43 +97,91 @@ class BagSink:
                 else "no tiles: no tissue found (check tissue detection, ROIs and tile size)",
             )
             return
+        claim = self.schedule.claim_of(result.key) if self.schedule else None
+        if claim is not None and not self.schedule.board.holds(claim):  # type: ignore[union-attr]
+            # This process stalled past the claim timeout and another took the slide over:
+            # that one writes the bag.
+            self.schedule.release(result.key)  # type: ignore[union-attr]
+            with self.lock:
+                self.report.note(result.key, lost_claim=True)
+            logger.warning("%s: claim taken over by another process; bag left to it", result.key)
+            return
         self.writer.write(result.key, result.features, result.top_left, result.geometry)
         # Hash the files just renamed into place (still in the page cache) and record them.
         integrity.record_bags(self.writer.outdir, {result.key: (self.writer.files(result.key), n)})
+        if self.schedule is not None:
+            self.schedule.board.clear_failure(result.key)
+            self.schedule.release(result.key)
         with self.lock:
             self.report.done[result.key] = n
+            self.report.note(result.key, seconds=_seconds_since(claim))
             self.save()
         if self.on_slide:
             self.on_slide(result.key, "done", n)
 
     def fail(self, key: str, reason: str) -> None:
+        """Record that ``key`` could not be extracted."""
+        if self.schedule is not None and self.schedule.claim_of(key) is not None:
+            try:
+                self.schedule.board.record_failure(key, reason)
+            finally:
+                self.schedule.release(key)
         with self.lock:
             self.report.failed[key] = reason
+            self.report.note(key)
             self.save()
         if self.on_slide:
             self.on_slide(key, "failed", reason)
 
+    def abandon(self, key: str, reason: str) -> None:
+        """The run stopped before ``key`` was finished: reported, and its claim released
+        without a failure note, so other processes of the run still do it."""
+        if self.schedule is not None:
+            self.schedule.release(key)
+        with self.lock:
+            self.report.failed[key] = reason
+            self.report.note(key)
+            self.save()
+
     def save(self) -> None:
-        """Write ``run_report.json`` now; a full disk is logged, not raised."""
+        """Write this process's report now; a full disk is logged, not raised."""
         # The report is kept current for people watching a long run; a full disk must not turn
         # a finished bag into a failure, nor hide the error that stops the run. The report is
         # saved again when the run ends.
         try:
-            write_json_atomic(self.report.outdir / REPORT_NAME, self.report.to_dict())
+            self.report.save_part()
         except StorageError as exc:
-            logger.warning("Could not update %s: %s", REPORT_NAME, exc)
+            logger.warning("Could not update this process's run report: %s", exc)
+
+    def close(self, board: ClaimBoard | None = None) -> None:
+        """Mark this process's report finished and merge the run's ``run_report.json``."""
+        self.report.save_part(finished=True)
+        live = board.live_claims() if board is not None else None
+        write_run_report(self.report.outdir, self.report.owner.get("token"), live)
+
+
+def _seconds_since(claim: Any) -> float | None:
+    return None if claim is None else round(time.time() - claim.taken, 3)
 
 
 def build_extractor_for_run(
-    extractor: Any, tile_px: int, weights: Any = None, device: Any = None
+    extractor: Any,
+    tile_px: int,
+    weights: Any = None,
+    device: Any = None,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> Any:
     """``extractor`` built with its defaults when given by name or saved-model folder (a
-    model that needs ``tile_px``, such as an ImageNet CNN, gets the dataset's); ``weights`` and
-    ``device`` as in :func:`histobag.build_feature_extractor` (``None``: the defaults)."""
+    model that needs ``tile_px``, such as an ImageNet CNN, gets the dataset's); ``weights``,
+    ``device``, ``precision`` and ``compile`` as in :func:`histobag.build_feature_extractor`
+    (``None``/False: the defaults)."""
     if not isinstance(extractor, str):
         return extractor
-    given = {"weights": weights, "device": device}
+    given = {"weights": weights, "device": device, "precision": precision}
     kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if compile:
+        kwargs["compile"] = True
     if not is_saved_model(extractor) and "tile_px" in extractor_info(extractor).required_kwargs:
         kwargs["tile_px"] = tile_px
     return build_feature_extractor(extractor, **kwargs)
@@ -201,10 +194,18 @@ def build_normalizer_for_run(normalizer: Any) -> Any:
     return build_normalizer({"method": normalizer, "fit": None})
 
 
-def prepare_bags_folder(outdir: Path, config: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix configurations; on ``overwrite`` remove the old bags."""
+def prepare_bags_folder(
+    outdir: Path, config: dict[str, Any], overwrite: bool, board: ClaimBoard | None = None
+) -> None:
+    """Refuse to mix configurations; on ``overwrite`` remove the old bags.
+
+    With ``board`` (the run's claims), temporaries of other processes still at work are left
+    alone, and ``overwrite`` is refused while another process is writing into the folder.
+    """
     outdir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(outdir)
+    others = board is not None and board.others_active()
+    # An interrupted run's temporaries go; those of live processes sharing the folder stay.
+    remove_stale_temporaries(outdir, older_than=board.timeout if others else None)
     existing = outdir / CONFIG_NAME
     if existing.exists():
         old = read_config(existing)
@@ -215,12 +216,19 @@ def prepare_bags_folder(outdir: Path, config: dict[str, Any], overwrite: bool) -
                 + "\n  ".join(diff)
                 + "\nUse another outdir, or pass overwrite=True to replace those bags."
             )
+        if diff and others:
+            raise ConfigError(
+                f"{outdir} holds bags of another configuration and other processes are "
+                "writing into it now; overwrite=True would delete their work. Wait for them to "
+                "finish (or stop them), then overwrite."
+            )
         if diff:
             old_writer = get_writer(old["writer"], outdir)
             for slide in old_writer.slides():
                 for path in old_writer.files(slide):
                     path.unlink(missing_ok=True)
-            (outdir / "run_report.json").unlink(missing_ok=True)
+            (outdir / REPORT_NAME).unlink(missing_ok=True)
+            shutil.rmtree(outdir / PARTS_DIR, ignore_errors=True)
             integrity.remove_manifest(outdir)
         if not diff:
             if old["extractor"] != config["extractor"]:
@@ -237,27 +245,36 @@ def prepare_bags_folder(outdir: Path, config: dict[str, Any], overwrite: bool) -
 class _Progress:
     """Overall (slides) and per-slide (tiles, tiles/s) progress bars."""
 
-    def __init__(self, total_slides: int, enabled: bool) -> None:
+    def __init__(self, total_slides: int | None, enabled: bool, shard: Shard | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.enabled = enabled
+        # One pair of lines per process of a cluster run on this terminal, each at its own
+        # place, so the processes' bars do not overwrite each other.
+        where = 2 * shard.index if shard is not None else 0
+        prefix = f"[{shard.label()}] " if shard is not None else ""
         self.slides = tqdm(
             total=total_slides,
-            desc="slides",
+            desc=f"{prefix}slides",
             unit="slide",
             disable=not enabled,
-            position=0,
+            position=where,
             file=sys.stderr,
         )
+        self.prefix = prefix
         self.tiles = tqdm(
-            desc="tiles", unit="tile", disable=not enabled, position=1, file=sys.stderr
+            desc=f"{prefix}tiles",
+            unit="tile",
+            disable=not enabled,
+            position=where + 1,
+            file=sys.stderr,
         )
         self.current = None
 
     def tile(self, key: str, n: int) -> None:
         if key != self.current:
             self.current = key
-            self.tiles.set_description(f"tiles ({key})", refresh=False)
+            self.tiles.set_description(f"{self.prefix}tiles ({key})", refresh=False)
         self.tiles.update(n)
 
     def slide(self, key: str, status: str, detail: Any) -> None:
@@ -286,8 +303,17 @@ def generate_feature_bags(
     source: str = "auto",
     progress: bool = True,
     verify: bool = False,
+    shard: Shard | str | None = None,
+    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
+    run_id: str | None = None,
 ) -> BagRunReport:
     """Write one feature bag per slide of ``dataset`` into ``outdir``.
+
+    Any number of processes, on any number of hosts, may run this on the same ``outdir`` at
+    once (``torchrun``, SLURM arrays, plain shells; see ``docs/distributed.md``): each slide is
+    claimed before it is extracted (:mod:`histobag.bags.claims`), so every bag is written once;
+    the claim of a process that died is taken over after ``claim_timeout`` seconds; each process
+    ends when no slide is left to anyone, and ``run_report.json`` then covers the whole run.
 
     Args:
         extractor: A registered extractor name or a built :class:`FeatureExtractor`.
@@ -311,9 +337,20 @@ def generate_feature_bags(
             since they were written. Without it a finished bag is redone only when its files'
             sizes differ from ``bags_manifest.json`` (a ``stat``, no reading), or when the
             folder has a manifest that does not record it. See :mod:`histobag.bags.manifest`.
+        shard: This process's part of the slides, as a :class:`~histobag.cluster.Shard` or
+            ``"i/n"`` (1-based): it starts with its own slides (every n-th), then helps with
+            the others' through claims. Also names the process's rank in the report.
+        claim_timeout: Seconds without a heartbeat after which another process's claim is
+            taken over (its process is presumed dead). Shorter: a dead process's slide is
+            redone sooner; longer: a process that stalls (heavy swapping, a frozen network
+            mount) keeps its slides.
+        run_id: An id shared by the processes of one launch (``histobag extract`` sets it under
+            torchrun and in SLURM arrays, :func:`histobag.cluster.run_id`): their reports are
+            merged as one run however late one of them starts.
 
     Returns:
-        A :class:`BagRunReport`; also written as ``run_report.json`` in ``outdir``. When no
+        A :class:`BagRunReport` of what this process did; the whole run's report (every
+        process's, merged) is written as ``run_report.json`` in ``outdir``. When no
         slide gives a bag (an empty dataset, or every slide failed) an
         :class:`~histobag.errors.EmptyRunWarning` is issued and recorded in its ``warnings``.
 
@@ -352,10 +389,14 @@ def generate_feature_bags(
         tile_transforms=tile_transforms,
         tissue=getattr(dataset, "tissue", "otsu"),
     )
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    owner = Owner.current(rank=shard.index if shard else None, run=run_id)
+    board = ClaimBoard(outdir, owner, timeout=claim_timeout)
     try:
-        prepare_bags_folder(outdir, config, overwrite)
-        report = BagRunReport(outdir)
-        write_json_atomic(outdir / REPORT_NAME, report.to_dict())
+        prepare_bags_folder(outdir, config, overwrite, board)
+        report = BagRunReport(outdir, owner=dataclasses.asdict(board.owner))
+        report.save_part()
     except OSError as exc:
         error = storage_error(exc, outdir)
         if error is None:
@@ -363,37 +404,48 @@ def generate_feature_bags(
         raise error from exc
 
     all_jobs = slide_jobs(dataset, source, max_tiles)
-    jobs = plan_resume(bag_writer, all_jobs, report, extractor.num_features, rehash=verify)
+    jobs = plan_resume(
+        bag_writer, all_jobs, report, extractor.num_features, rehash=verify, board=board
+    )
     low_space = short_of_space(outdir, jobs, extractor.num_features)
     if low_space:
         report.warnings.append(low_space)
         _warn_caller(low_space, LowDiskSpaceWarning)
-    bars = _Progress(len(jobs), progress)
-    sink = BagSink(bag_writer, report, min_tiles, on_slide=bars.slide)
+    schedule = ClaimSchedule(
+        jobs, board, bag_writer, extractor.num_features, report, shard=shard, rehash=verify
+    )
+    bars = _Progress(len(jobs) if shard is None else None, progress, shard)
+    sink = BagSink(bag_writer, report, min_tiles, on_slide=bars.slide, schedule=schedule)
+    board.touch = [report.part_path()]  # the heartbeat also shows this process is alive
     try:
-        run(
-            extractor,
-            jobs,
-            sink,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            normalizer=normalizer,
-            tile_transforms=tile_transforms,
-            spill_dir=outdir,
-            progress=bars.tile,
-        )
+        with board:
+            run(
+                extractor,
+                jobs,
+                sink,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                normalizer=normalizer,
+                tile_transforms=tile_transforms,
+                spill_dir=outdir,
+                progress=bars.tile,
+                schedule=schedule,
+            )
         if not report.done and not report.skipped:
             message = _empty_run_message(all_jobs, report)
             report.warnings.append(message)
             _warn_caller(message, EmptyRunWarning)
     except BaseException:
         report.seconds = time.perf_counter() - start
-        sink.save()  # best effort: the error that stopped the run is what the user must see
+        try:  # best effort: the error that stopped the run is what the user must see
+            sink.close(board)
+        except Exception as exc:
+            logger.warning("Could not write %s: %s", REPORT_NAME, exc)
         raise
     finally:
         bars.close()
     report.seconds = time.perf_counter() - start
-    write_json_atomic(outdir / REPORT_NAME, report.to_dict())
+    sink.close(board)
     return report
 
 
@@ -404,15 +456,19 @@ def plan_resume(
     num_features: int | None,
     *,
     rehash: bool = False,
+    board: ClaimBoard | None = None,
 ) -> list[Job]:
     """Decide, per slide, whether its finished bag is kept (``report.skipped``), the slide
     cannot be run (``report.failed``), or it is to be extracted (returned).
 
     A finished bag is kept when it reads back whole and, if the folder has a
     ``bags_manifest.json``, its files' sizes (and with ``rehash`` their sha256) match their
-    record; a bag that does not match is deleted and redone (``report.redone``), one with no
-    record is redone in place. In a folder without a manifest (bags from an older histobag)
-    finished bags are kept as before and recorded as they are now.
+    record. A bag that does not match is returned to be extracted; it is deleted only once this
+    process holds the slide's claim (:class:`~histobag.bags.schedule.ClaimSchedule`), since
+    another process may be writing it at this moment. In a folder without a manifest (bags from
+    an older histobag) finished bags are kept as before and recorded as they are now. A bag
+    that does not match its record and whose slide cannot be extracted (``job`` is a reason) is
+    deleted under the slide's claim (taken from ``board``), since a bag exists only whole.
     """
     outdir = bag_writer.outdir
     manifest = integrity.read_manifest(outdir)
@@ -422,28 +478,38 @@ def plan_resume(
         files = bag_writer.files(key)
         complete = bag_writer.is_complete(key, num_features)
         problem = None
-        if manifest is not None and complete:
+        if complete and manifest is not None:
             problem = integrity.bag_problem(outdir, manifest.get(key), files, rehash=rehash)
-        elif manifest is not None and key in manifest and any(p.exists() for p in files):
-            problem = "it no longer reads back whole (a file is missing or unreadable)"
-        if problem is not None:
-            complete = False
-            report.redone[key] = problem
-            logger.warning("Redoing the bag of %s: %s", key, problem)
-            if manifest is not None and key in manifest:
-                for path in files:  # not what was written: a bag exists only when whole
-                    path.unlink(missing_ok=True)
-        if complete:
+        if complete and problem is None:
             tiles = len(bag_writer.read(key)[0])
             report.skipped[key] = tiles
             if manifest is None:
                 adopt[key] = (files, tiles)
         elif isinstance(job, str):
             report.failed[key] = job
+            if problem is not None:
+                _remove_damaged(key, files, problem, report, board)
         else:
             runnable.append(job)
     integrity.record_bags(outdir, adopt, adopted=True)
     return runnable
+
+
+def _remove_damaged(
+    key: str, files: list[Path], problem: str, report: BagRunReport, board: ClaimBoard | None
+) -> None:
+    """Delete a bag that does not match its record, holding its claim when there is a board."""
+    claim = board.claim(key) if board is not None else None
+    if board is not None and claim is None:
+        return  # another process holds the slide: it decides
+    try:
+        report.redone[key] = problem
+        logger.warning("Removing the bag of %s: %s", key, problem)
+        for path in files:
+            path.unlink(missing_ok=True)
+    finally:
+        if claim is not None:
+            board.release(claim)  # type: ignore[union-attr]
 
 
 def _warn_caller(message: str, category: type[Warning]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,12 +74,125 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def select_precision(device: torch.device, mixed_precision: bool, autocast_dtype: str) -> str:
-    """The dtype models compute in on ``device``: ``float32``, ``bfloat16`` or ``float16``."""
+@functools.cache
+def cpu_supports_fp16() -> bool:
+    """Whether this CPU runs float16 matmuls natively (AVX512-FP16 or AMX-FP16)."""
     import torch
 
-    if not mixed_precision:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: Spellings accepted for ``precision=`` and what each means: ``"auto"`` (the fastest the
+#: device supports: the spec's ``autocast_dtype`` on CUDA, bfloat16 on CPUs that have it),
+#: ``"fp32"`` (no autocast), ``"bf16"`` or ``"fp16"`` (autocast to that dtype).
+PRECISIONS = {
+    "auto": "auto",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+}
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def precision_choice(precision: Any, mixed_precision: Any = True) -> str:
+    """The requested precision as ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    ``mixed_precision=False`` is the older spelling of ``precision="fp32"``.
+
+    Raises:
+        ExtractorArgumentError: ``precision`` is not one of :data:`PRECISIONS`, or it asks for
+            reduced precision while ``mixed_precision`` is False.
+    """
+    choice = PRECISIONS.get(precision.lower()) if isinstance(precision, str) else None
+    if choice is None:
+        raise ExtractorArgumentError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}."
+        )
+    if mixed_precision:
+        return choice
+    if choice in ("bf16", "fp16"):
+        raise ExtractorArgumentError(
+            f"mixed_precision=False (float32) contradicts precision={precision!r}; pass only "
+            f"precision= (mixed_precision=False is the same as precision='fp32')."
+        )
+    return "fp32"
+
+
+def precision_unsupported(device: torch.device, dtype: str) -> str | None:
+    """Why ``device`` cannot compute in ``dtype`` (``"bfloat16"`` or ``"float16"``) under
+    autocast, or None when it can.
+
+    A CPU needs the dtype in hardware (without it autocast emulates it, slower than float32);
+    a CUDA GPU needs bfloat16 support for bfloat16 (float16 it always has); other devices need
+    torch's autocast for the dtype.
+    """
+    import torch
+
+    if device.type == "cpu":
+        if dtype == "bfloat16" and not cpu_supports_bf16():
+            return "this CPU has no bfloat16 instructions (AVX512-BF16 or AMX)"
+        if dtype == "float16" and not cpu_supports_fp16():
+            return "this CPU has no float16 instructions (AVX512-FP16 or AMX-FP16)"
+        return None
+    if device.type == "cuda":  # float16 autocast runs on every CUDA GPU
+        if dtype == "bfloat16":
+            with torch.cuda.device(device):
+                if not torch.cuda.is_bf16_supported():
+                    return "this GPU does not support bfloat16"
+        return None
+    if not torch.amp.is_autocast_available(device.type):
+        return f"torch has no autocast for {device.type} devices"
+    with warnings.catch_warnings(record=True) as caught:  # torch warns, then disables it
+        warnings.simplefilter("always")
+        try:
+            torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+        except (RuntimeError, ValueError) as exc:
+            return str(exc).splitlines()[0]
+    disabled = [str(w.message).splitlines()[0] for w in caught if "autocast" in str(w.message)]
+    return disabled[0] if disabled else None
+
+
+def select_precision(
+    device: torch.device, mixed_precision: bool, autocast_dtype: str, precision: str = "auto"
+) -> str:
+    """The dtype models compute in on ``device``: ``float32``, ``bfloat16`` or ``float16``.
+
+    Args:
+        device: Where the model runs.
+        mixed_precision: False is ``precision="fp32"``.
+        autocast_dtype: The spec's reduced precision on CUDA (``"auto"``).
+        precision: One of :data:`PRECISIONS`.
+
+    Raises:
+        ExtractorArgumentError: ``precision`` is unknown, contradicts ``mixed_precision``, or
+            names a dtype ``device`` cannot compute in (the message says what to use instead).
+    """
+    import torch
+
+    choice = precision_choice(precision, mixed_precision)
+    if choice == "fp32":
         return "float32"
+    if choice != "auto":
+        dtype = _DTYPE_NAMES[choice]
+        why = precision_unsupported(device, dtype)
+        if why is not None:
+            usable = [
+                name
+                for name in ("bf16", "fp16")
+                if precision_unsupported(device, _DTYPE_NAMES[name]) is None
+            ]
+            instead = " or ".join(repr(name) for name in ("fp32", *usable))
+            raise ExtractorArgumentError(
+                f"precision={precision!r} is not available on {device}: {why}. Use "
+                f"precision={instead}, or 'auto' (the fastest this device supports)."
+            )
+        return dtype
     if device.type == "cuda":
         if autocast_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
             return "float16"
@@ -122,6 +236,8 @@ class FeatureExtractor:
         config_kwargs: Mapping[str, Any],
         weights_sha256: str | None,
         weights_source: str,
+        precision: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.spec = spec
         self.model = build.module.eval().to(device)
@@ -130,8 +246,16 @@ class FeatureExtractor:
             self.model = self.model.to(memory_format=_channels_last())
         self.preprocessing = preprocessing
         self.device = device
-        self.mixed_precision = mixed_precision
-        self.precision = select_precision(device, mixed_precision, spec.autocast_dtype)
+        #: The precision asked for: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        self.requested_precision = precision_choice(precision, mixed_precision)
+        self.mixed_precision = self.requested_precision != "fp32"
+        #: The dtype the model computes in: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        self.precision = select_precision(
+            device, True, spec.autocast_dtype, self.requested_precision
+        )
+        #: Whether the model runs through ``torch.compile`` (compiled at its first batch).
+        self.compiled = bool(compile)
+        self._compiled_model: tuple[torch.nn.Module, Callable[..., Any]] | None = None
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
         self.fixed_input_size = build.fixed_input_size
@@ -175,6 +299,7 @@ class FeatureExtractor:
             "weights_source": self.weights_source,
             "preprocessing": self.preprocessing.to_dict(),
             "precision": self.precision,
+            "compiled": self.compiled,
             "pack": {"name": self.spec.pack, "version": self.spec.version},
         }
 
@@ -226,8 +351,35 @@ class FeatureExtractor:
         import torch
 
         with torch.inference_mode(), self.autocast():
-            features = self.model(self.preprocess(batch))
+            features = self._run_model(self.preprocess(batch))
         return features.float()
+
+    def _run_model(self, inputs: torch.Tensor) -> torch.Tensor:
+        """:attr:`model` on a preprocessed batch, through ``torch.compile`` when
+        :attr:`compiled` (compiled on first use, and again if :attr:`model` was replaced)."""
+        if not self.compiled:
+            return self.model(inputs)
+        import torch
+
+        try:
+            if self._compiled_model is None or self._compiled_model[0] is not self.model:
+                # Raises RuntimeError where torch cannot compile at all (e.g. this Python).
+                self._compiled_model = (self.model, torch.compile(self.model))
+            return self._compiled_model[1](inputs)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:  # no compiler, or it failed
+            raise self._compile_error(exc) from exc
+        except RuntimeError as exc:
+            if self._compiled_model is None or self._compiled_model[0] is not self.model:
+                raise self._compile_error(exc) from exc
+            raise  # the model's own error
+
+    def _compile_error(self, exc: Exception) -> ExtractorArgumentError:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return ExtractorArgumentError(
+            f"torch.compile could not compile {self.tag} on {self.device} "
+            f"({type(exc).__name__}: {detail}). Build the extractor without compile "
+            "(compile=False; on the command line, leave out --compile)."
+        )
 
     def __call__(self, obj: Any, **kwargs: Any) -> Any:
         """Extract features from a uint8 batch, a :class:`histobag.WSI` or a TFRecord path.

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from histobag.errors import ExtractorArgumentError, WeightsError, WeightsNotFoundError
 from histobag.extractors import weights as wt
-from histobag.extractors.base import FeatureExtractor, ModelBuild
+from histobag.extractors.base import (
+    FeatureExtractor,
+    ModelBuild,
+    precision_choice,
+    select_precision,
+)
 from histobag.extractors.device import resolve_device
 from histobag.extractors.preprocess import PreprocessingOverrides
 from histobag.specs import ExtractorSpec
@@ -36,7 +41,16 @@ class WeightsMismatchWarning(UserWarning):
 def accepted_arguments(spec: ExtractorSpec) -> str:
     """The keyword arguments ``spec`` accepts, for error messages: those every extractor takes
     (the build's own and :class:`PreprocessingOverrides`), then the model's own."""
-    common = ", ".join(("weights", "device", "mixed_precision", *PreprocessingOverrides.names()))
+    common = ", ".join(
+        (
+            "weights",
+            "device",
+            "precision",
+            "mixed_precision",
+            "compile",
+            *PreprocessingOverrides.names(),
+        )
+    )
     return f"{common}; model-specific: {', '.join(spec.model_kwargs) or 'none'}"
 
 
@@ -46,6 +60,8 @@ def build_extractor(
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     mixed_precision: bool = True,
+    precision: str = "auto",
+    compile: bool = False,
     **kwargs: Any,
 ) -> FeatureExtractor:
     """Build the extractor ``spec`` describes; see :func:`histobag.build_feature_extractor`
@@ -53,11 +69,13 @@ def build_extractor(
 
     Steps:
 
-    1. Check the arguments: ``weights`` and ``mixed_precision``, the preprocessing overrides
-       (:class:`PreprocessingOverrides`, split from ``kwargs``), and the rest, the model's own
-       arguments, against ``spec.model_kwargs`` and ``spec.required_kwargs``, before anything
-       is built.
-    2. Resolve the device (:func:`~histobag.extractors.device.resolve_device`).
+    1. Check the arguments: ``weights``, ``precision``, ``mixed_precision`` and ``compile``,
+       the preprocessing overrides (:class:`PreprocessingOverrides`, split from ``kwargs``),
+       and the rest, the model's own arguments, against ``spec.model_kwargs`` and
+       ``spec.required_kwargs``, before anything is built.
+    2. Resolve the device (:func:`~histobag.extractors.device.resolve_device`) and check that
+       it computes in the precision asked for
+       (:func:`~histobag.extractors.base.select_precision`).
     3. ``spec``'s factory: ``factory(spec, **model_kwargs)`` gives a :class:`ModelBuild` (a bare
        ``torch.nn.Module`` is wrapped in one).
     4. Weights: ``"random"`` keeps the initialisation; a local file (or a folder holding one);
@@ -68,18 +86,22 @@ def build_extractor(
     5. Preprocessing: ``build.preprocessing`` (or the spec's) with the overrides applied.
     6. Recorded arguments (:meth:`FeatureExtractor.dump_config`, ``bags_config.json``; enough
        to rebuild): the overrides given, ``weights`` when given (an absolute path, or
-       ``"random"``), ``mixed_precision`` when False, and the model's arguments (as the
-       factory normalised them in ``build.recorded_kwargs``, else as given; paths as strings).
+       ``"random"``), float32 as ``mixed_precision=False`` (as before ``precision`` existed,
+       so such folders keep their fingerprint), ``precision`` when ``"bf16"`` or ``"fp16"``,
+       ``compile`` when True, and the model's arguments (as the factory normalised them in
+       ``build.recorded_kwargs``, else as given; paths as strings).
     7. The extractor: ``build.extractor_cls`` (default :class:`FeatureExtractor`).
 
     Raises:
         ExtractorArgumentError: An unknown keyword argument or a bad value.
         WeightsError: The weights could not be found, downloaded or loaded.
     """
-    _check_build_args(weights, mixed_precision)
+    _check_build_args(weights, mixed_precision, compile)
+    choice = precision_choice(precision, mixed_precision)
     overrides, model_kwargs = PreprocessingOverrides.split(kwargs)
     _check_model_kwargs(spec, model_kwargs)
     torch_device = resolve_device(device)
+    select_precision(torch_device, True, spec.autocast_dtype, choice)  # refuse before building
 
     build = spec.load_factory()(spec, **model_kwargs)
     if not isinstance(build, ModelBuild):
@@ -91,8 +113,12 @@ def build_extractor(
     recorded = overrides.recorded()
     if weights is not None:  # recorded absolute and resolved: rebuildable from any directory
         recorded["weights"] = str(weights_file) if weights_file else RANDOM_WEIGHTS
-    if not mixed_precision:
+    if choice == "fp32":
         recorded["mixed_precision"] = False
+    elif choice != "auto":
+        recorded["precision"] = choice
+    if compile:
+        recorded["compile"] = True
     model_args = model_kwargs if build.recorded_kwargs is None else build.recorded_kwargs
     # Paths become strings so the configuration stays JSON (bags_config.json, fingerprints).
     recorded.update(
@@ -105,14 +131,16 @@ def build_extractor(
         build,
         preprocessing,
         device=torch_device,
-        mixed_precision=mixed_precision,
+        mixed_precision=choice != "fp32",
         config_kwargs=recorded,
         weights_sha256=sha,
         weights_source=source,
+        precision=choice,
+        compile=compile,
     )
 
 
-def _check_build_args(weights: Any, mixed_precision: Any) -> None:
+def _check_build_args(weights: Any, mixed_precision: Any, compile: Any) -> None:
     """Type checks of the build arguments (values recorded in a ``bags_config.json`` arrive
     here unchecked; the preprocessing ones are checked by :class:`PreprocessingOverrides`)."""
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
@@ -124,6 +152,8 @@ def _check_build_args(weights: Any, mixed_precision: Any) -> None:
         raise ExtractorArgumentError(
             f"mixed_precision must be True or False, not {mixed_precision!r}."
         )
+    if not isinstance(compile, bool) and compile not in (0, 1):
+        raise ExtractorArgumentError(f"compile must be True or False, not {compile!r}.")
 
 
 def _check_model_kwargs(spec: ExtractorSpec, model_kwargs: Mapping[str, Any]) -> None:

@@ -118,6 +118,8 @@ def build_feature_extractor(
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
     mixed_precision: bool = True,
+    precision: str = "auto",
+    compile: bool = False,
     **kwargs: Any,
 ) -> FeatureExtractor:
     """Build an installed feature extractor by name, with its pretrained weights.
@@ -140,7 +142,22 @@ def build_feature_extractor(
             warning); integer tensors for floating-point parameters are refused.
         device: ``"cuda"``, ``"cpu"``, ...; default CUDA if available, else CPU.
         mixed_precision: Compute in bfloat16/float16 where the hardware supports it (CUDA, and
-            CPUs with AVX512-BF16/AMX); outputs are float32 either way.
+            CPUs with AVX512-BF16/AMX); outputs are float32 either way. ``False`` is
+            ``precision="fp32"``.
+        precision: What the model computes in (outputs are float32 either way): ``"auto"``
+            (the fastest the device supports: the model's reduced precision on CUDA, usually
+            bfloat16, float16 on GPUs without bfloat16; bfloat16 on CPUs with AVX512-BF16/AMX,
+            else float32), ``"fp32"`` (no autocast), ``"bf16"`` or ``"fp16"`` (autocast to
+            that dtype; refused on a device that cannot compute in it, e.g. ``"bf16"`` on a
+            CPU without bfloat16 instructions). ``"float32"``, ``"bfloat16"`` and
+            ``"float16"`` are accepted too. The dtype used is ``extractor.precision`` and
+            ``provenance()["precision"]``; a choice other than ``"auto"`` is recorded, so a
+            rebuild computes the same way.
+        compile: Run the model through ``torch.compile`` (default mode), compiled at the first
+            batch (seconds to minutes, and again for a new batch shape); recorded, and shown as
+            ``provenance()["compiled"]``. Needs a working compiler (a C++ compiler on CPUs,
+            Triton on GPUs); where it fails the first batch raises
+            :class:`~histobag.errors.ExtractorArgumentError` saying to build without it.
         **kwargs: Preprocessing overrides, each ``None`` by default (the model's own), see
             :class:`~histobag.extractors.preprocess.PreprocessingOverrides`: ``resize``
             (``True``: the model's input size, an int: that size, ``False``: off),
@@ -153,14 +170,21 @@ def build_feature_extractor(
     Raises:
         UnknownExtractorError: No installed pack provides ``name``.
         ExtractorArgumentError: An unknown keyword argument or bad value (e.g. a device this
-            machine does not have).
+            machine does not have, a precision the device cannot compute in, or
+            ``mixed_precision=False`` with ``precision="bf16"``).
         WeightsError: Weights could not be found, downloaded or loaded (a missing local file
             is a ``WeightsNotFoundError``, also a ``FileNotFoundError``; keys, shapes or
             dtypes that do not fit are a ``CheckpointMismatchError``).
     """
     spec = saved_model_spec(name) if is_saved_model(name) else extractor_info(os.fspath(name))
     return build_extractor(
-        spec, weights=weights, device=device, mixed_precision=mixed_precision, **kwargs
+        spec,
+        weights=weights,
+        device=device,
+        mixed_precision=mixed_precision,
+        precision=precision,
+        compile=compile,
+        **kwargs,
     )
 
 
