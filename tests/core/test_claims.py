@@ -11,7 +11,7 @@ import pytest
 
 from histobag.bags.claims import CLAIMS_DIR, ClaimBoard, Owner, live_claims
 from histobag.errors import ArgumentError
-from histobag.files import create_exclusive
+from histobag.files import TMP_PREFIX, create_exclusive, remove_stale_temporaries
 
 
 def _board(outdir: Path, timeout: float = 60.0, **owner: object) -> ClaimBoard:
@@ -162,3 +162,15 @@ def test_exactly_one_of_several_processes_takes_over_a_stale_claim(tmp_path, rac
     assert per_round == [1] * rounds
     generations = sorted(p.name for p in (tmp_path / CLAIMS_DIR).glob("slide-7@*.claim"))
     assert generations == ["slide-7@0.claim", "slide-7@1.claim"]
+
+
+def test_only_old_temporaries_are_removed_when_others_may_be_writing(tmp_path):
+    fresh = tmp_path / f"{TMP_PREFIX}fresh.pt"
+    old = tmp_path / f"{TMP_PREFIX}old.pt"
+    fresh.write_bytes(b"in use by another process")
+    old.write_bytes(b"left by a killed one")
+    _age(old, 600)
+    assert remove_stale_temporaries(tmp_path, older_than=300) == 1
+    assert fresh.exists() and not old.exists()
+    assert remove_stale_temporaries(tmp_path) == 1  # alone in the folder: every temporary
+    assert not fresh.exists()

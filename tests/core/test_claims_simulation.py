@@ -25,7 +25,7 @@ from histobag.bags.report import BagRunReport
 from histobag.bags.schedule import ClaimSchedule
 from histobag.cluster import Shard
 from histobag.engine import Job
-from histobag.files import create_exclusive
+from histobag.files import TMP_PREFIX, create_exclusive
 
 SLIDES = 10_000
 PROCESSES = 16
@@ -106,7 +106,7 @@ def test_ten_thousand_slides_sixteen_processes_four_killed(tmp_path):
     seconds = time.monotonic() - started
     assert all(p.exitcode == -signal.SIGKILL for p in killed)
 
-    done = sorted(p.stem for p in tmp_path.glob("*.done"))
+    done = sorted(p.stem for p in tmp_path.glob("*.done") if not p.name.startswith(TMP_PREFIX))
     assert done == [f"s{i:05d}" for i in range(SLIDES)]  # none lost
     duplicates = tmp_path / "duplicates.log"
     assert not duplicates.exists(), duplicates.read_text()[:500]  # none done twice

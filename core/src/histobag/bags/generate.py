@@ -206,6 +206,9 @@ def prepare_bags_folder(
     others = board is not None and board.others_active()
     # An interrupted run's temporaries go; those of live processes sharing the folder stay.
     remove_stale_temporaries(outdir, older_than=board.timeout if others else None)
+    if board is not None:  # claims being written live for milliseconds: older ones are debris
+        remove_stale_temporaries(board.folder, older_than=board.timeout)
+        remove_stale_temporaries(board.failed_folder, older_than=board.timeout)
     existing = outdir / CONFIG_NAME
     if existing.exists():
         old = read_config(existing)
