@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from histobag.bags.claims import CLAIMS_DIR, ClaimBoard, Owner
+from histobag.bags.manifest import compact_manifest, read_manifest, record_bags
 from histobag.bags.report import BagRunReport
 from histobag.bags.schedule import ClaimSchedule
 from histobag.cluster import Shard
@@ -52,7 +53,9 @@ def _work(outdir: str, index: int, timeout: float) -> None:
     """One process: take slides until none is left; log duplicates and the claim overhead."""
     root = Path(outdir)
     writer = DoneMarkers(root)
-    jobs = [Job(f"s{i:05d}", None) for i in range(SLIDES)]  # type: ignore[arg-type]
+    # As generate_feature_bags plans a run: the slides whose bag is not there yet.
+    keys = [f"s{i:05d}" for i in range(SLIDES)]
+    jobs = [Job(k, None) for k in keys if not writer.is_complete(k)]  # type: ignore[arg-type]
     board = ClaimBoard(root, Owner.current(rank=index), timeout=timeout)
     report = BagRunReport(root, owner=asdict(board.owner))
     schedule = ClaimSchedule(
@@ -72,10 +75,12 @@ def _work(outdir: str, index: int, timeout: float) -> None:
             if not create_exclusive(writer.files(key)[0], str(os.getpid()).encode()):
                 with open(root / "duplicates.log", "a") as log:
                     log.write(f"{key}\n")
+            record_bags(root, {key: (writer.files(key), 1)})  # as a bag is, before its release
             done += 1
             t0 = time.process_time()
             schedule.release(key)
             overhead += time.process_time() - t0
+    compact_manifest(root)
     stats = {"pid": os.getpid(), "done": done, "overhead_s": overhead}
     (root / f"stats-{os.getpid()}.json").write_text(json.dumps(stats))
 
@@ -108,9 +113,11 @@ def test_ten_thousand_slides_sixteen_processes_four_killed(tmp_path):
 
     done = sorted(p.stem for p in tmp_path.glob("*.done") if not p.name.startswith(TMP_PREFIX))
     assert done == [f"s{i:05d}" for i in range(SLIDES)]  # none lost
+    assert sorted(read_manifest(tmp_path)) == done  # each recorded, also by the killed ones
     duplicates = tmp_path / "duplicates.log"
     assert not duplicates.exists(), duplicates.read_text()[:500]  # none done twice
-    assert not list((tmp_path / CLAIMS_DIR).glob("*.claim"))
+    claims = (tmp_path / CLAIMS_DIR).glob("*.claim")
+    assert not [p for p in claims if not p.name.startswith(TMP_PREFIX)]  # all released
 
     stats = [json.loads(p.read_text()) for p in tmp_path.glob("stats-*.json")]
     finished = sum(s["done"] for s in stats)  # the killed processes' slides are not in here

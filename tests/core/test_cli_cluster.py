@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from histobag.bags.report import PARTS_DIR
+from histobag.bags.report import read_process_reports
 from histobag.cli import main
 from histobag.cluster import stop_on_sigterm
 from histobag.extractors.base import cpu_supports_bf16
@@ -43,8 +43,7 @@ def _extract(slides, outdir, *extra):
 
 
 def _ranks(outdir):
-    parts = [json.loads(p.read_text()) for p in (outdir / PARTS_DIR).glob("*.json")]
-    return [p["owner"]["rank"] for p in parts]
+    return [p["owner"]["rank"] for p in read_process_reports(outdir)]
 
 
 def test_shard_names_the_process_in_the_report(pixelnet, no_launcher, slides, tmp_path):

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from histobag.bags.claims import CLAIMS_DIR
-from histobag.bags.report import PARTS_DIR
+from histobag.bags.report import read_process_reports
+from histobag.files import TMP_PREFIX
 from tests.core.bag_helpers import TILE_PX, TILE_UM, make_slides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,8 +119,8 @@ def _assert_same_bags(got: dict, expected: dict) -> None:
 def _done_per_slide(outdir: Path) -> dict[str, int]:
     """How many processes wrote each slide's bag, from every process's own report."""
     counts: dict[str, int] = {}
-    for part in (outdir / PARTS_DIR).glob("*.json"):
-        for name, info in json.loads(part.read_text())["report"]["slides"].items():
+    for part in read_process_reports(outdir):
+        for name, info in part["report"]["slides"].items():
             if info["status"] == "done":
                 counts[name] = counts.get(name, 0) + 1
     return counts
@@ -129,6 +130,13 @@ def _stamps(outdir: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime in ns) of every bag file: a rewrite changes both."""
     files = list(outdir.glob("*.pt")) + list(outdir.glob("*.index.npz"))
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+
+def _claims_left(outdir: Path) -> list[str]:
+    """Claims still on file (a killed process's half-made temporaries are not claims)."""
+    return [
+        p.name for p in (outdir / CLAIMS_DIR).glob("*.claim") if not p.name.startswith(TMP_PREFIX)
+    ]
 
 
 def _watch_for_partial_files(outdir: Path, procs: list[subprocess.Popen]) -> list[str]:
@@ -180,7 +188,7 @@ def test_three_processes_on_one_outdir_write_each_bag_once(cohort, tmp_path):
     assert report["processes"] == 3 and report["done"] == 12
     assert {s["status"] for s in report["slides"].values()} == {"done"}
     assert sum(p["done"] for p in report["process_reports"]) == 12
-    assert not list((outdir / CLAIMS_DIR).glob("*.claim"))
+    assert not _claims_left(outdir)
     assert not list(outdir.glob(".histobag-tmp-*"))
     _rerun_does_nothing(cohort, outdir)
 
@@ -206,7 +214,7 @@ def test_sigkill_of_a_process_holding_a_claim_loses_nothing(cohort, tmp_path):
     assert not partial
     _assert_same_bags(_bags(outdir), cohort["reference"])
     assert _done_per_slide(outdir) == {name: 1 for name in cohort["reference"]}
-    assert not list((outdir / CLAIMS_DIR).glob("*.claim"))
+    assert not _claims_left(outdir)
     _rerun_does_nothing(cohort, outdir)
 
 
@@ -280,7 +288,7 @@ def test_sigterm_releases_the_claims_at_once(cohort, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert not list((outdir / CLAIMS_DIR).rglob("*.claim"))
+    assert not _claims_left(outdir)
     assert not list((outdir / CLAIMS_DIR).rglob("*.json"))  # no failure noted for others
     assert not list(outdir.glob(".histobag-tmp-*"))
     rerun = _start(cohort["runner"], slides, outdir, "--claim-timeout", "3600")

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,14 @@ import pytest
 import torch
 
 import histobag
-from histobag.bags.manifest import MANIFEST_NAME, record_bags, verify_bags
+from histobag.bags.manifest import (
+    JOURNAL_DIR,
+    MANIFEST_NAME,
+    compact_manifest,
+    read_manifest,
+    record_bags,
+    verify_bags,
+)
 from histobag.errors import ConfigError
 from histobag.io.bag_writers import get_writer
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
@@ -196,6 +205,8 @@ def _record_many(outdir: str, worker: int) -> None:
         path = Path(outdir) / f"w{worker}-{i}.bin"
         path.write_bytes(bytes([worker, i]) * 100)
         record_bags(outdir, {path.stem: ([path], i)})
+    if worker % 2 == 0:  # ends normally; the odd workers die before folding their journal in
+        compact_manifest(outdir)
 
 
 def test_processes_sharing_a_folder_keep_each_others_records(tmp_path):
@@ -206,6 +217,22 @@ def test_processes_sharing_a_folder_keep_each_others_records(tmp_path):
     for proc in procs:
         proc.join(timeout=120)
         assert proc.exitcode == 0
-    entries = _manifest(tmp_path)["bags"]
+    assert len(_manifest(tmp_path)["bags"]) == 30  # folded in by the workers that ended
+    entries = read_manifest(tmp_path)  # the dead workers' journals are read too
     assert len(entries) == 60
     assert entries["w3-14"]["files"]["w3-14.bin"]["bytes"] == 200
+    for journal in (tmp_path / JOURNAL_DIR).iterdir():  # an hour later, a run folds them in
+        os.utime(journal, (time.time() - 7200,) * 2)
+    compact_manifest(tmp_path)
+    assert _manifest(tmp_path)["bags"] == entries
+    assert not list((tmp_path / JOURNAL_DIR).iterdir())
+
+
+def test_a_torn_journal_line_is_a_missing_record_not_a_wrong_one(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 10)
+    record_bags(tmp_path, {"a": ([path], 1)})
+    (journal,) = (tmp_path / JOURNAL_DIR).iterdir()
+    with open(journal, "ab") as handle:
+        handle.write(b'{"slide": "b", "entry": {"tiles": 2, "fi')  # killed mid-write
+    assert set(read_manifest(tmp_path)) == {"a"}

@@ -16,7 +16,7 @@ from histobag.cluster import Launch, run_id
 
 
 def _part(outdir, start, end, *, run=None, finished=True, **slides):
-    """A finished process's report that worked from ``start`` to ``end`` (seconds from now)."""
+    """A process's report that worked from ``start`` to ``end`` (seconds from now)."""
     now = time.time()
     owner = replace(Owner.current(run=run), started=now + start, pid=int(1e6 + start * 10))
     report = BagRunReport(outdir, owner=asdict(owner))
@@ -25,9 +25,6 @@ def _part(outdir, start, end, *, run=None, finished=True, **slides):
         report.note(name)
         report.details[name]["at"] = now + end
     path = report.save_part(finished=finished)
-    data = json.loads(path.read_text())
-    data["updated"] = now + end
-    path.write_text(json.dumps(data))
     os.utime(path, (now + end, now + end))  # as last written
     return owner
 

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from histobag.errors import ArgumentError
 
@@ -35,6 +36,7 @@ __all__ = [
     "cpu_threads_per_rank",
     "limit_cpu_threads",
     "parse_shard",
+    "process_start_time",
     "rank_device",
     "run_id",
     "slurm_array_shard",
@@ -256,3 +258,22 @@ def run_id(
     except (RuntimeError, ValueError, OSError):  # no store there: a launcher without one
         return None
     return f"torchrun-{value.decode()}"
+
+
+def process_start_time() -> float | None:
+    """When this process started (seconds since the epoch), from ``/proc``; None elsewhere.
+
+    Processes launched together (``cmd & cmd & cmd``, torchrun's ranks) start within
+    milliseconds, whereas their runs start only after importing torch and building a model,
+    which takes longer in some than in others.
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

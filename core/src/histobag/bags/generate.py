@@ -34,7 +34,7 @@ from histobag.bags.config import (
 from histobag.bags.report import PARTS_DIR, REPORT_NAME, BagRunReport, write_run_report
 from histobag.bags.schedule import ClaimSchedule
 from histobag.bags.space import short_of_space
-from histobag.cluster import Shard, parse_shard
+from histobag.cluster import Shard, parse_shard, process_start_time
 from histobag.engine import Job, SlideResult, run
 from histobag.errors import (
     ArgumentError,
@@ -59,6 +59,7 @@ from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
 from histobag.tile_transforms import resolve_tile_transforms
 
 SOURCES = ("auto", "slides", "tfrecords")
+_RUNS_IN_THIS_PROCESS: list[Path] = []  # a later run in the same process starts when it starts
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ class BagSink:
             logger.warning("Could not update this process's run report: %s", exc)
 
     def close(self, board: ClaimBoard | None = None) -> None:
-        """Mark this process's report finished and merge the run's ``run_report.json``."""
+        """Fold this process's manifest journal into ``bags_manifest.json``, mark its report
+        finished and merge the run's ``run_report.json``."""
+        integrity.compact_manifest(self.writer.outdir)
         self.report.save_part(finished=True)
         live = board.live_claims() if board is not None else None
         write_run_report(self.report.outdir, self.report.owner.get("token"), live)
@@ -396,9 +399,13 @@ def generate_feature_bags(
         shard = parse_shard(shard)
     owner = Owner.current(rank=shard.index if shard else None, run=run_id)
     board = ClaimBoard(outdir, owner, timeout=claim_timeout)
+    # Processes started together are one run even if one of them imports and builds its model
+    # after the others finished: a process's first run counts from the process's start.
+    launched = process_start_time() if not _RUNS_IN_THIS_PROCESS else None
+    _RUNS_IN_THIS_PROCESS.append(outdir)
     try:
         prepare_bags_folder(outdir, config, overwrite, board)
-        report = BagRunReport(outdir, owner=dataclasses.asdict(board.owner))
+        report = BagRunReport(outdir, owner={**dataclasses.asdict(owner), "launched": launched})
         report.save_part()
     except OSError as exc:
         error = storage_error(exc, outdir)
@@ -410,6 +417,7 @@ def generate_feature_bags(
     jobs = plan_resume(
         bag_writer, all_jobs, report, extractor.num_features, rehash=verify, board=board
     )
+    report.save_part()
     low_space = short_of_space(outdir, jobs, extractor.num_features)
     if low_space:
         report.warnings.append(low_space)
@@ -434,7 +442,7 @@ def generate_feature_bags(
                 progress=bars.tile,
                 schedule=schedule,
             )
-        if not report.done and not report.skipped:
+        if not report.done and not report.skipped and not report.skipped_elsewhere:
             message = _empty_run_message(all_jobs, report)
             report.warnings.append(message)
             _warn_caller(message, EmptyRunWarning)
@@ -464,9 +472,9 @@ def plan_resume(
     """Decide, per slide, whether its finished bag is kept (``report.skipped``), the slide
     cannot be run (``report.failed``), or it is to be extracted (returned).
 
-    A finished bag is kept when it reads back whole and, if the folder has a
-    ``bags_manifest.json``, its files' sizes (and with ``rehash`` their sha256) match their
-    record. A bag that does not match is returned to be extracted; it is deleted only once this
+    A finished bag is kept when its files' sizes (and with ``rehash`` their sha256) match its
+    record in ``bags_manifest.json``. A bag that does not match, or has no record, is returned to
+    be extracted; it is deleted only once this
     process holds the slide's claim (:class:`~histobag.bags.schedule.ClaimSchedule`), since
     another process may be writing it at this moment. In a folder without a manifest (bags from
     an older histobag) finished bags are kept as before and recorded as they are now. A bag
@@ -479,17 +487,25 @@ def plan_resume(
     runnable: list[Job] = []
     for key, job in jobs:
         files = bag_writer.files(key)
-        complete = bag_writer.is_complete(key, num_features)
-        problem = None
-        if complete and manifest is not None:
-            problem = integrity.bag_problem(outdir, manifest.get(key), files, rehash=rehash)
-        if complete and problem is None:
+        problem, tiles = None, None
+        if manifest is not None and key in manifest:
+            # A recorded bag is checked against its record (sizes; sha256 with rehash), not
+            # read: a resumed cohort run costs a stat per bag, not a read of every bag.
+            problem = integrity.bag_problem(outdir, manifest[key], files, rehash=rehash)
+            if problem is None:
+                tiles = int(manifest[key]["tiles"])
+        elif manifest is not None:
+            if any(p.exists() for p in files):
+                problem = integrity.bag_problem(outdir, None, files)
+        elif bag_writer.is_complete(key, num_features):  # a folder from before manifests
             tiles = len(bag_writer.read(key)[0])
+            adopt[key] = (files, tiles)
+        if tiles is not None:
             report.skipped[key] = tiles
-            if manifest is None:
-                adopt[key] = (files, tiles)
+            report.note(key)
         elif isinstance(job, str):
             report.failed[key] = job
+            report.note(key)
             if problem is not None:
                 _remove_damaged(key, files, problem, report, board)
         else:
@@ -507,6 +523,7 @@ def _remove_damaged(
         return  # another process holds the slide: it decides
     try:
         report.redone[key] = problem
+        report.note(key)
         logger.warning("Removing the bag of %s: %s", key, problem)
         for path in files:
             path.unlink(missing_ok=True)

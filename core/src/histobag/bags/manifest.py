@@ -27,8 +27,12 @@ damaged, missing and unrecorded ones. A resumed run (:func:`histobag.bags.genera
 compares each finished bag's file sizes with the record (a ``stat``, no reading) and redoes those
 that differ or have no record; with ``verify=True`` it re-hashes them as well.
 
-The manifest is rewritten atomically (temporary name, then rename) under a lock, read and merged
-each time, so several processes sharing one bags folder keep each other's records.
+Several processes may share one bags folder (a cluster run). Each process appends its records
+to its own journal in ``.histobag-manifest.d/`` (one JSON line per bag, synced to disk; see
+:mod:`histobag.bags.journal`): recording a bag costs the same for the 30,000th slide as for the
+first, and no process waits for another. Readers see ``bags_manifest.json`` plus every journal.
+When a process ends it folds its journal (and journals left for over an hour by processes that
+died) into ``bags_manifest.json``, rewritten atomically under a lock.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from histobag.bags.config import CONFIG_NAME, read_config
+from histobag.bags.journal import append_records, journal_path, journals, read_journal
 from histobag.errors import ConfigError
 from histobag.files import atomic_path, sha256_file
 from histobag.io.bag_writers import get_writer
@@ -55,9 +61,11 @@ except ImportError:  # pragma: no cover - Windows: the lock is per process only
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "JOURNAL_DIR",
     "MANIFEST_NAME",
     "VerifyReport",
     "bag_problem",
+    "compact_manifest",
     "file_record",
     "read_manifest",
     "record_bags",
@@ -69,6 +77,10 @@ __all__ = [
 MANIFEST_NAME = "bags_manifest.json"
 #: Lock file taken while the manifest is read, merged and rewritten.
 LOCK_NAME = ".histobag-manifest.lock"
+#: The processes' journals of bags recorded since the manifest was last rewritten.
+JOURNAL_DIR = ".histobag-manifest.d"
+#: A journal unchanged for this long belongs to a process that is gone: fold it in.
+_ABANDONED_JOURNAL_SECONDS = 3600.0
 _FORMAT = "histobag-bags-manifest"
 _VERSION = 1
 _THREAD_LOCK = threading.Lock()
@@ -82,10 +94,24 @@ def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_manifest(outdir: str | os.PathLike[str]) -> dict[str, dict[str, Any]] | None:
     """The recorded bags of ``outdir`` (slide -> entry), or None when it has no manifest.
 
+    ``bags_manifest.json`` and the journals of the processes recording into the folder now (or
+    that died before folding theirs in); a journal's entry replaces the file's.
+
     Raises:
         ConfigError: The manifest exists but is not a histobag bags manifest.
     """
-    path = Path(outdir) / MANIFEST_NAME
+    outdir = Path(outdir)
+    bags = _read_manifest_file(outdir / MANIFEST_NAME)
+    for path in journals(outdir / JOURNAL_DIR):
+        for record in read_journal(path):
+            entry = record.get("entry")
+            if isinstance(record.get("slide"), str) and _valid_entry(entry):
+                bags = {} if bags is None else bags
+                bags[record["slide"]] = entry
+    return bags
+
+
+def _read_manifest_file(path: Path) -> dict[str, dict[str, Any]] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -151,7 +177,8 @@ def record_bags(
     *,
     adopted: bool = False,
 ) -> None:
-    """Hash each bag's files and record them in ``outdir``'s manifest (merged, atomically).
+    """Hash each bag's files and record them in ``outdir``'s manifest (this process's journal;
+    :func:`compact_manifest` folds it into ``bags_manifest.json``).
 
     Args:
         outdir: The bags folder.
@@ -163,7 +190,7 @@ def record_bags(
     outdir = Path(outdir)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     entries: dict[str, dict[str, Any]] = {}
-    for slide, (files, tiles) in bags.items():  # hash outside the lock
+    for slide, (files, tiles) in bags.items():
         entry: dict[str, Any] = {
             "tiles": int(tiles),
             "recorded": now,
@@ -172,12 +199,38 @@ def record_bags(
         if adopted:
             entry["adopted"] = True
         entries[slide] = entry
+    records = [{"slide": slide, "entry": entry} for slide, entry in entries.items()]
+    append_records(journal_path(outdir / JOURNAL_DIR), records)
+
+
+def compact_manifest(outdir: str | os.PathLike[str]) -> None:
+    """Fold this process's journal, and journals abandoned by dead processes, into
+    ``bags_manifest.json`` (rewritten atomically, under a lock), then delete them."""
+    outdir = Path(outdir)
+    folder = outdir / JOURNAL_DIR
+    own = journal_path(folder)
+    now = time.time()
     with _locked(outdir):
-        current = read_manifest(outdir) or {}
-        current.update(entries)
+        folded = []
+        for path in journals(folder):
+            try:
+                idle = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if path == own or idle > _ABANDONED_JOURNAL_SECONDS:
+                folded.append(path)
+        if not folded:
+            return
+        current = _read_manifest_file(outdir / MANIFEST_NAME) or {}
+        for path in folded:
+            for record in read_journal(path):
+                if isinstance(record.get("slide"), str) and _valid_entry(record.get("entry")):
+                    current[record["slide"]] = record["entry"]
         text = _dump(current)
         with atomic_path(outdir / MANIFEST_NAME) as tmp:
             tmp.write_text(text, encoding="utf-8")
+        for path in folded:
+            path.unlink(missing_ok=True)
 
 
 def _dump(bags: Mapping[str, Any]) -> str:
@@ -189,8 +242,9 @@ def _dump(bags: Mapping[str, Any]) -> str:
 
 
 def remove_manifest(outdir: str | os.PathLike[str]) -> None:
-    """Delete ``outdir``'s manifest (its bags are being replaced)."""
+    """Delete ``outdir``'s manifest and journals (its bags are being replaced)."""
     (Path(outdir) / MANIFEST_NAME).unlink(missing_ok=True)
+    shutil.rmtree(Path(outdir) / JOURNAL_DIR, ignore_errors=True)
 
 
 def _safe_file(outdir: Path, name: str) -> Path | None:

@@ -2,9 +2,10 @@
 
 Every process of a run (one ``histobag extract``, the ranks of a ``torchrun`` launch, the tasks
 of a SLURM array, any processes sharing one ``--outdir``) keeps its own report in
-``.histobag-run/<process>.json``, written atomically after each slide. ``run_report.json`` merges
-the reports of one run; it is written by each process when it ends (so the last one to end
-leaves the whole run's) and by ``histobag report OUTDIR`` at any time.
+``.histobag-run/<process>.jsonl``, a journal (:mod:`histobag.bags.journal`) it appends to as
+each slide is settled: a line when it starts, one per slide, one when it ends.
+``run_report.json`` merges the reports of one run; it is written by each process when it ends
+(so the last one to end leaves the whole run's) and by ``histobag report OUTDIR`` at any time.
 
 **Which reports make up a run**: those of processes whose working times overlap, directly or
 through others (the processes of a cluster run work at the same time; a rerun of the command
@@ -22,14 +23,15 @@ complete).
 
 from __future__ import annotations
 
-import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from histobag.bags.claims import ended_on_this_machine
+from histobag.bags.journal import JOURNAL_SUFFIX, append_records, journals, read_journal
 from histobag.files import write_json_atomic
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "BagRunReport",
     "format_summary",
     "merge_run_report",
+    "read_process_reports",
     "write_run_report",
 ]
 
@@ -45,7 +48,6 @@ __all__ = [
 REPORT_NAME = "run_report.json"
 #: The per-process reports, inside the bags folder.
 PARTS_DIR = ".histobag-run"
-_PART_FORMAT = "histobag-run-part"
 #: A running process's report counts as current while refreshed within this many seconds.
 _LIVE_SECONDS = 300.0
 
@@ -66,6 +68,7 @@ class BagRunReport:
         details: Slide → who did it and when (``host``, ``pid``, ``rank``, ``seconds``,
             ``at``), for the merged report.
         owner: This process (``host``, ``pid``, ``rank``, ``token``, ``started``), if known.
+        skipped_elsewhere: Slides another process of the run wrote while this one ran.
     """
 
     outdir: Path
@@ -77,6 +80,11 @@ class BagRunReport:
     seconds: float = 0.0
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     owner: dict[str, Any] = field(default_factory=dict)
+    skipped_elsewhere: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._unsaved: set[str] = set()
+        self._part: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,9 +92,11 @@ class BagRunReport:
         return not self.failed
 
     def note(self, slide: str, **info: Any) -> None:
-        """Record who handled ``slide`` and when (merged into :meth:`to_dict`)."""
+        """Record who handled ``slide`` and when (merged into :meth:`to_dict`); call after
+        each change of a slide's status, so that :meth:`save_part` writes it."""
         who = {k: self.owner[k] for k in ("host", "pid", "rank") if k in self.owner}
         self.details[slide] = {**who, **info, "at": round(time.time(), 3)}
+        self._unsaved.add(slide)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``run_report.json`` of a single process)."""
@@ -95,6 +105,8 @@ class BagRunReport:
             slides[name] = {"status": "done", "tiles": n}
         for name, n in self.skipped.items():
             slides[name] = {"status": "skipped", "tiles": n, "reason": "bag already complete"}
+        for name in self.skipped_elsewhere - set(slides):
+            slides[name] = {"status": "skipped", "reason": "written by another process"}
         for name, reason in self.failed.items():
             slides[name] = {"status": "failed", "reason": reason}
         for name, why in self.redone.items():
@@ -107,7 +119,7 @@ class BagRunReport:
             "outdir": str(self.outdir),
             "seconds": round(self.seconds, 3),
             "done": len(self.done),
-            "skipped": len(self.skipped),
+            "skipped": len(self.skipped) + len(self.skipped_elsewhere - set(self.skipped)),
             "failed": len(self.failed),
             "warnings": list(self.warnings),
             "slides": dict(sorted(slides.items())),
@@ -121,22 +133,32 @@ class BagRunReport:
 
     def part_path(self) -> Path:
         """The file of this process's report, in ``.histobag-run/``."""
-        name = f"{self.owner.get('host', 'host')}-{self.owner.get('pid', os.getpid())}"
-        return self.outdir / PARTS_DIR / f"{name}-{self.owner.get('token', 'local')[:12]}.json"
+        if self._part is None:  # one per run of a process (a notebook may run several)
+            token = self.owner.get("token") or uuid.uuid4().hex
+            name = f"{self.owner.get('host', 'host')}-{self.owner.get('pid', os.getpid())}"
+            self._part = self.outdir / PARTS_DIR / f"{name}-{token[:12]}{JOURNAL_SUFFIX}"
+        return self._part
 
     def save_part(self, finished: bool = False) -> Path:
-        """Write this process's report (atomically) for :func:`merge_run_report`."""
+        """Append what changed since the last call to this process's report (the first call
+        writes who the process is; ``finished`` marks its end)."""
         path = self.part_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = {
-            "format": _PART_FORMAT,
-            "owner": self.owner,
-            "started": self.owner.get("started", time.time() - self.seconds),
-            "updated": round(time.time(), 3),
-            "finished": finished,
-            "report": self.to_dict(),
-        }
-        return write_json_atomic(path, part)
+        records: list[dict[str, Any]] = []
+        if not path.exists():
+            # A process's first run counts from the process's start (see generate_feature_bags).
+            started = self.owner.get("launched") or self.owner.get("started")
+            started = started or time.time() - self.seconds
+            records.append({"kind": "start", "owner": self.owner, "started": started})
+        slides = self.to_dict()["slides"]
+        for name in sorted(self._unsaved):
+            if name in slides:
+                records.append({"kind": "slide", "slide": name, **slides[name]})
+        self._unsaved.clear()
+        if finished:
+            end = {"seconds": round(self.seconds, 3), "warnings": list(self.warnings)}
+            records.append({"kind": "end", **end})
+        append_records(path, records, sync=False)
+        return path
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -183,27 +205,44 @@ def _who(slide: dict[str, Any]) -> str:
 # -- merging ------------------------------------------------------------------------------
 
 
+def read_process_reports(outdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every process's own report in ``outdir`` (all runs), each folded from its journal:
+    ``owner``, ``started``, ``updated``, ``finished`` and ``report`` (``slides``, counts,
+    ``warnings``)."""
+    return _read_parts(Path(outdir))
+
+
 def _read_parts(outdir: Path) -> list[dict[str, Any]]:
+    """Each process's report, folded from its journal."""
     parts = []
-    folder = outdir / PARTS_DIR
-    if not folder.is_dir():
-        return parts
-    for path in sorted(folder.glob("*.json")):
+    for path in journals(outdir / PARTS_DIR):
+        part: dict[str, Any] = {"report": {"slides": {}, "warnings": []}}
+        for record in read_journal(path):
+            kind = record.pop("kind", None)
+            if kind == "start":
+                part["owner"] = record.get("owner", {})
+                part["started"] = record.get("started", 0)
+            elif kind == "slide" and isinstance(record.get("slide"), str):
+                part["report"]["slides"][record.pop("slide")] = record
+            elif kind == "end":
+                part["finished"] = True
+                part["report"]["warnings"] = list(record.get("warnings", []))
+        if "owner" not in part:
+            continue  # not a run report, or cut before its first line
         try:
-            part = json.loads(path.read_text(encoding="utf-8"))
-            mtime = path.stat().st_mtime
-        except (OSError, ValueError):
-            continue  # another process is replacing it, or it is not ours
-        if isinstance(part, dict) and part.get("format") == _PART_FORMAT:
-            part["_mtime"] = mtime
-            parts.append(part)
+            part["updated"] = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        statuses = [s.get("status") for s in part["report"]["slides"].values()]
+        part["report"].update({k: statuses.count(k) for k in ("done", "skipped", "failed")})
+        parts.append(part)
     return parts
 
 
 def _interval(part: dict[str, Any], now: float) -> tuple[float, float]:
     """A process's working time: start to last update, or to now while it is alive."""
     start = float(part.get("started", 0))
-    end = max(float(part.get("updated", start)), float(part.get("_mtime", start)))
+    end = float(part.get("updated", start))
     alive = not part.get("finished") and now - end < _LIVE_SECONDS
     if alive and not ended_on_this_machine(part.get("owner", {})):
         end = now

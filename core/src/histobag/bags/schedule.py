@@ -74,6 +74,11 @@ class ClaimSchedule:
         self._waiting: list[int] = []
         self.claims: dict[str, Claim] = {}
         self.lock = threading.Lock()
+        # Slides whose bag files were already there when the run was planned, and yet to be
+        # redone (damaged, unrecorded): their files say nothing of another process's work.
+        self._suspect = {
+            job.key for job in self.jobs if any(p.exists() for p in bag_writer.files(job.key))
+        }
 
     def next_job(self, stop: threading.Event) -> int | None:
         """The next slide this process has claimed, or None when no slide is left to anyone."""
@@ -132,39 +137,38 @@ class ClaimSchedule:
         return True
 
     def _complete(self, key: str, claimed: bool = False) -> bool:
-        """True (and the slide recorded as skipped) when its bag is complete and matches its
-        record. Holding the claim, a bag that does not match is deleted so that it is redone:
-        no other process is writing it then."""
-        files = self.bag_writer.files(key)
-        if not all(Path(p).exists() for p in files):
-            if claimed:
-                self._remove_unrecorded(key, files)
-            return False
-        if not self.bag_writer.is_complete(key, self.num_features):
-            return False
-        manifest = integrity.read_manifest(self.bag_writer.outdir)
-        problem = None
-        if manifest is not None:
-            problem = integrity.bag_problem(
-                self.bag_writer.outdir, manifest.get(key), files, rehash=self.rehash
-            )
-        if problem is None:
-            self.report.skipped[key] = len(self.bag_writer.read(key)[0])
-            return True
-        if claimed:
-            self.report.redone[key] = problem
-            logger.warning("Redoing the bag of %s: %s", key, problem)
-            for path in files:
-                Path(path).unlink(missing_ok=True)
-        return False
+        """True (and the slide recorded as skipped) when its bag is complete.
 
-    def _remove_unrecorded(self, key: str, files: Sequence[Path]) -> None:
-        """Files of a bag that was recorded but is no longer whole: a bag exists only whole."""
-        manifest = integrity.read_manifest(self.bag_writer.outdir)
-        if manifest is not None and key in manifest and any(Path(p).exists() for p in files):
-            self.report.redone[key] = "it no longer reads back whole (a file is missing)"
-            for path in files:
-                Path(path).unlink(missing_ok=True)
+        Before claiming, a bag whose files all exist (and did not when the run was planned)
+        counts as complete: another process of the run wrote it (whole, renamed into place)
+        since, and checking more would read every bag of the cohort in every process. Holding
+        the claim, the bag is checked against its record, and one that does not match is
+        deleted so that it is redone: no other process is writing it then.
+        """
+        files = [Path(p) for p in self.bag_writer.files(key)]
+        present = [p.exists() for p in files]
+        if not claimed:
+            if all(present) and key not in self._suspect:
+                self.report.skipped_elsewhere.add(key)
+                self.report.note(key)
+                return True
+            return False
+        if not any(present):
+            return False
+        manifest = integrity.read_manifest(self.bag_writer.outdir) or {}
+        problem = integrity.bag_problem(
+            self.bag_writer.outdir, manifest.get(key), files, rehash=self.rehash
+        )
+        if problem is None:
+            self.report.skipped[key] = int(manifest[key]["tiles"])
+            self.report.note(key)
+            return True
+        self.report.redone[key] = problem
+        self.report.note(key)
+        logger.warning("Redoing the bag of %s: %s", key, problem)
+        for path in files:  # not what was recorded: a bag exists only whole and recorded
+            path.unlink(missing_ok=True)
+        return False
 
 
 def _who(record: dict) -> str:
