@@ -354,6 +354,22 @@ def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
     assert not torch.allclose(shifted, direct, atol=1e-4)
 
 
+def test_end_to_end_precision_and_compile_reach_both_encoders():
+    pipe = histobag.build_feature_extractor(
+        "gigapath",
+        tile_encoder="gigapath.tile-tiny",
+        slide_encoder="gigapath.slide-small",
+        tile_encoder_weights="random",
+        slide_encoder_weights=FIXTURES / "slide_encoder_small.pth",
+        device="cpu",
+        precision="fp32",
+        compile=True,  # compiled lazily, at the first batch: building stays cheap
+    )
+    assert pipe.tile.requested_precision == pipe.slide.requested_precision == "fp32"
+    assert pipe.tile.precision == pipe.slide.precision == "float32"
+    assert pipe.tile.compiled
+
+
 def test_misuse_gives_clear_errors(small):
     with pytest.raises(ExtractorArgumentError, match="not from images"):
         small(np.zeros((2, 16, 16, 3), dtype=np.uint8))

@@ -353,8 +353,8 @@ def extractor_from_saved_model(path: str | os.PathLike[str], **kwargs: Any) -> F
 
     Args:
         path: The saved model folder.
-        **kwargs: ``weights``, ``device``, ``mixed_precision`` and the preprocessing overrides
-            as in :func:`histobag.build_feature_extractor`, and
+        **kwargs: ``weights``, ``device``, ``mixed_precision``, ``precision``, ``compile``
+            and the preprocessing overrides as in :func:`histobag.build_feature_extractor`, and
 
             - ``layers``: module name(s) of the network whose pooled activations are
               concatenated; default ``"postconv"`` (the pooled pre-logits features);

@@ -474,18 +474,20 @@ def build_slide_encoder(
     layer: int | str = -1,
     pooling: str = "cls",
     name: str = "gigapath.slide",
+    precision: str = "auto",
 ) -> SlideEncoderExtractor:
     """Build the GigaPath slide encoder (``slide_encoder.pth`` from the gated
     prov-gigapath/prov-gigapath repository when ``weights`` is None).
 
     Same as ``histobag.build_feature_extractor("gigapath.slide", ...)``; ``name`` picks another
-    registered slide encoder (e.g. a reduced test model).
+    registered slide encoder (e.g. a reduced test model), ``precision`` is as there.
     """
     extractor = build_feature_extractor(
         name,
         weights=weights,
         device=device,
         mixed_precision=mixed_precision,
+        precision=precision,
         layer=layer,
         pooling=pooling,
     )
@@ -520,12 +522,15 @@ class GigaPathExtractor(FeatureExtractor):
             weights=extra["tile_encoder_weights"],
             device=self.device,
             mixed_precision=self.mixed_precision,
+            precision=self.requested_precision,
+            compile=self.compiled,  # the tile encoder is where the time goes
             **tile_overrides,
         )
         self.slide = build_slide_encoder(
             extra["slide_encoder_weights"],
             device=self.device,
             mixed_precision=self.mixed_precision,
+            precision=self.requested_precision,
             layer=extra["layer"],
             pooling=extra["pooling"],
             name=extra["slide_encoder"],
