@@ -305,16 +305,21 @@ def slide_path(tmp_path_factory) -> Path:
     return sample_slide(folder / "slide-0.svs", size=(768, 512), levels=2)
 
 
-def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
-    pipe = histobag.build_feature_extractor(
+def _tiny_pipeline(**kwargs):
+    """GigaPath end to end with the reduced test encoders, on the CPU."""
+    return histobag.build_feature_extractor(
         "gigapath",
         tile_encoder="gigapath.tile-tiny",
         slide_encoder="gigapath.slide-small",
         tile_encoder_weights="random",
         slide_encoder_weights=FIXTURES / "slide_encoder_small.pth",
         device="cpu",
-        mixed_precision=False,
+        **kwargs,
     )
+
+
+def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
+    pipe = _tiny_pipeline(mixed_precision=False)
     assert isinstance(pipe.slide, gs.SlideEncoderExtractor)
     assert pipe.tile.tag == "gigapath.tile-tiny" and pipe.num_features == 256
     wsi = WSI(slide_path, TILE_PX, TILE_UM)
@@ -355,16 +360,8 @@ def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
 
 
 def test_end_to_end_precision_and_compile_reach_both_encoders():
-    pipe = histobag.build_feature_extractor(
-        "gigapath",
-        tile_encoder="gigapath.tile-tiny",
-        slide_encoder="gigapath.slide-small",
-        tile_encoder_weights="random",
-        slide_encoder_weights=FIXTURES / "slide_encoder_small.pth",
-        device="cpu",
-        precision="fp32",
-        compile=True,  # compiled lazily, at the first batch: building stays cheap
-    )
+    # compiled lazily, at the first batch: building stays cheap
+    pipe = _tiny_pipeline(precision="fp32", compile=True)
     assert pipe.tile.requested_precision == pipe.slide.requested_precision == "fp32"
     assert pipe.tile.precision == pipe.slide.precision == "float32"
     assert pipe.tile.compiled
