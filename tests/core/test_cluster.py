@@ -1,5 +1,9 @@
 """Shards, SLURM arrays and torchrun ranks: which process starts where, on which device."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,3 +100,18 @@ def test_each_rank_gets_its_local_gpu(monkeypatch):
     assert rank_device(Launch(6, 8, 2, 4), "cuda:0") == "cuda:0"  # explicit wins
     with pytest.raises(ArgumentError, match="nproc-per-node=4"):
         rank_device(Launch(4, 8, 4, 8), None)
+
+
+def test_process_start_time_is_measured_to_within_a_few_clock_ticks():
+    # A rerun launched right after a run exits must not seem to have started before that exit:
+    # whole-second boot times in /proc/stat would put it up to a second early.
+    code = (
+        "import time; from histobag.cluster import process_start_time as s; print(s(), time.time())"
+    )
+    for _ in range(3):
+        before = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        started, printed = map(float, out.stdout.split())
+        assert before - 0.03 <= started <= printed

@@ -48,6 +48,16 @@ def test_a_later_run_is_reported_on_its_own(tmp_path):
     assert merge_run_report(tmp_path, token=later.token)["skipped"] == 2
 
 
+def test_a_rerun_started_as_the_previous_run_exits_is_a_run_of_its_own(tmp_path):
+    # The previous run's last write and the rerun's measured start may touch or cross by a
+    # few clock ticks; that is not two processes working side by side.
+    _part(tmp_path, -20, -5.0, a="done", b="done", c="failed")
+    _part(tmp_path, -5.1, -1, a="skipped", b="skipped", c="done")
+    merged = merge_run_report(tmp_path)
+    assert merged["processes"] == 1
+    assert (merged["done"], merged["skipped"], merged["failed"]) == (1, 2, 0)
+
+
 def test_a_late_rank_of_the_same_launch_joins_its_run(tmp_path):
     _part(tmp_path, -100, -90, run="torchrun-x", a="done", b="done")
     _part(tmp_path, -10, -5, run="torchrun-x", a="skipped", b="skipped")

@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -266,14 +267,15 @@ def process_start_time() -> float | None:
     Processes launched together (``cmd & cmd & cmd``, torchrun's ranks) start within
     milliseconds, whereas their runs start only after importing torch and building a model,
     which takes longer in some than in others.
+
+    The start is measured back from now on the boot clock (``/proc/uptime``), to within a few
+    clock ticks; the boot time in ``/proc/stat`` is whole seconds, too coarse to tell a rerun
+    from the run that ended just before it.
     """
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        now = time.time()
+        return now - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return None

@@ -50,6 +50,10 @@ REPORT_NAME = "run_report.json"
 PARTS_DIR = ".histobag-run"
 #: A running process's report counts as current while refreshed within this many seconds.
 _LIVE_SECONDS = 300.0
+#: How long processes must have worked side by side to be one run. Processes launched together
+#: overlap by their start-up (importing torch, building a model: seconds); a rerun started as
+#: the previous run exits does not, though clocks and file times blur the boundary by a little.
+_MIN_OVERLAP_SECONDS = 0.25
 
 
 @dataclass
@@ -266,9 +270,10 @@ def _run_of(parts: list[dict[str, Any]], token: str | None, now: float) -> list[
     spans = sorted((*_interval(p, now), i) for i, p in enumerate(parts))
     run_end, previous = float("-inf"), None
     for start, end, i in spans:
-        if previous is not None and start <= run_end:
+        joins = previous is not None and start < run_end - _MIN_OVERLAP_SECONDS
+        if joins:
             group[find(i)] = find(previous)
-        run_end = max(run_end, end) if previous is not None and start <= run_end else end
+        run_end = max(run_end, end) if joins else end
         previous = i
     by_launch: dict[str, int] = {}
     for i, part in enumerate(parts):
