@@ -21,13 +21,28 @@ For each model (random weights, so nothing is downloaded), at one batch size:
   call on a random batch of the same size, timed and taken off the run's clock, so each batch's
   model-only time is measured within a second of it. Drift cancels batch by batch; the median
   over processes is reported. With reading workers this pairing would flatter the pipeline
-  (the workers read during the paused calls), so it is left out;
+  (the workers read during the paused calls), so it is left out. The same run splits it in two
+  factors: ``paired_model_busy`` (the run's time inside the model: everything the pipeline adds
+  around the model, measured within the run) and ``paired_forward_ratio`` (the median over every
+  pair of the model-only call's time over the engine's call just before it: anything the
+  pipeline makes the model itself lose, such as caches or heap pages taken by reading). Their
+  product, ``paired_estimate``, estimates the paired ratio without letting one batch slowed by
+  a neighbouring process (tens of percent on a shared 2-core machine, for a ViT-L's 30 s
+  batches) swing it;
 - ``peak_rss_mb``: peak resident memory (VmHWM) of a process that only extracts the slide, and
   of one extracting a slide with 4x the tiles (the goal: at most 1.1x).
 
 The sample slides are JPEG-compressed like a scanner's (``--compression deflate`` for lossless).
+A ViT-L/16 (``uni``: UNI's architecture) computes about 1 tile/s on 2 cores, so it gets a smaller
+slide by default (``DEFAULT_SCALE``).
+
+With ``--compile``, model-only tiles/s with ``torch.compile`` (``compile=True``) against eager
+for ResNet-50 and ViT-B (``--compile-models``), alternating in one process (E C E C E), and the
+compile start-up: the first compiled call's time less an eager call's.
 
 Usage: python benchmarks/extract_throughput.py [--models resnet50_imagenet ...] [--batch-size 32]
+       python benchmarks/extract_throughput.py --models uni --scale 1 --repeats 3 --rounds 1
+       python benchmarks/extract_throughput.py --models --compile
 """
 
 from __future__ import annotations
@@ -42,7 +57,11 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_MODELS = ["resnet50_imagenet", "vit_base_patch16_224_imagenet"]
+DEFAULT_MODELS = ["resnet50_imagenet", "vit_base_patch16_224_imagenet", "uni"]
+COMPILE_MODELS = ["resnet50_imagenet", "vit_base_patch16_224_imagenet"]
+#: Slide scale per model when ``--scale`` is not given (else 16): a ViT-L/16 (``uni``) runs at
+#: about 1 tile/s on 2 cores, so it gets the 1x slide (37 tiles; 142 for the 4x memory run).
+DEFAULT_SCALE = {"uni": 1}
 TILE_PX, TILE_UM = 224, 112  # 224 px at 0.5 mpp: read at level 0, no resize
 
 
@@ -74,13 +93,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _extractor(name: str, batch_size: int):
+def _extractor(name: str, batch_size: int, *, compile: bool = False, warm_up: bool = True):
     import torch
 
     import histobag
 
-    fe = histobag.build_feature_extractor(name, tile_px=TILE_PX, weights="random")
-    fe.forward_batch(torch.zeros((batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8))  # warm-up
+    # The ImageNet models are sized by tile_px; the pathology ones (e.g. "uni") have a
+    # fixed input size and accept no such argument.
+    sized = "tile_px" in histobag.extractor_info(name).model_kwargs
+    kwargs = {"tile_px": TILE_PX} if sized else {}
+    if compile:  # only passed when asked, so the benchmark runs where compile= is unknown
+        kwargs["compile"] = True
+    fe = histobag.build_feature_extractor(name, weights="random", **kwargs)
+    if warm_up:
+        fe.forward_batch(torch.zeros((batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8))
     return fe
 
 
@@ -127,16 +153,19 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = Fa
     in_model = [0.0, 0]  # seconds, tiles
     probe = torch.randint(0, 256, (batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8)
     paused = [0.0]
+    pairs = []  # (tiles, engine's model call s, model-only call s) per batch
 
     def timed_forward(batch):
         start = time.perf_counter()
         features = forward(batch)
-        in_model[0] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        in_model[0] += seconds
         in_model[1] += len(batch)
         if paired:
             start = time.perf_counter()
             forward(probe[: len(batch)])
             paused[0] += time.perf_counter() - start
+            pairs.append((len(batch), seconds, time.perf_counter() - start))
         return features
 
     # Built before the clock starts: it imports the slide-reading stack (once per process,
@@ -163,16 +192,18 @@ def _end_to_end(fe, batch_size: int, slide: str, workers: str, paired: bool = Fa
         "model_seconds": in_model[0],
         "model_tiles": in_model[1],
         "paired_model_only_seconds": paused[0],
+        "pairs": pairs,
     }
 
 
 def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int, rounds: int):
     """Model-only and end-to-end runs alternating in one process (M E M ... E M): each
-    end-to-end run is compared with the model-only runs on either side of it."""
+    end-to-end run is compared with the model-only runs on either side of it. With
+    ``rounds`` 0, only the paired run."""
     from histobag.engine import auto_workers
 
     fe = _extractor(name, batch_size)
-    model = [_model_only(fe, batch_size, tiles / 2)]
+    model = [_model_only(fe, batch_size, tiles / 2)] if rounds else []
     runs = []
     for _ in range(rounds):
         runs.append(_end_to_end(fe, batch_size, slide, workers))
@@ -184,6 +215,13 @@ def child_ratio(name: str, batch_size: int, slide: str, workers: str, tiles: int
         "paired_ratio": (
             round(paired["paired_model_only_seconds"] / paired["seconds"], 3) if paired else None
         ),
+        "paired_model_busy": (
+            round(paired["model_seconds"] / paired["seconds"], 4) if paired else None
+        ),
+        # (tiles, engine's model call s, model-only call s) of each batch
+        "pairs": [(n, round(e, 3), round(m, 3)) for n, e, m in paired["pairs"]] if paired else [],
+        "paired_tiles": paired["tiles"] if paired else None,
+        "paired_seconds": round(paired["seconds"], 2) if paired else None,
         "model_only_tiles_per_s": [round(m, 2) for m in model],
         "end_to_end_tiles_per_s": [round(e2e["tiles_per_s"], 2) for e2e in runs],
         "ratios": [round(e2e["tiles_per_s"] / ref, 3) for e2e, ref in zip(runs, reference)],
@@ -208,6 +246,55 @@ def child_memory(name: str, batch_size: int, slide: str, workers: str) -> dict:
     }
 
 
+def child_compile(name: str, batch_size: int, tiles: int, rounds: int) -> dict:
+    """Model-only tiles/s through ``torch.compile`` against eager, alternating in one process
+    (E C E ... C E), each compiled run compared with the eager runs on either side of it; and
+    what compiling costs: the first compiled call (which compiles) less an eager call, and the
+    first call on a smaller batch (a slide's last batch), which compiles again."""
+    import torch
+
+    from histobag.errors import HistobagError
+
+    eager = _extractor(name, batch_size)
+    batch = torch.randint(0, 256, (batch_size, 3, TILE_PX, TILE_PX), dtype=torch.uint8)
+    smaller = batch[: max(1, batch_size - 3)]
+
+    def timed(fe, x) -> float:
+        start = time.perf_counter()
+        fe.forward_batch(x)
+        return time.perf_counter() - start
+
+    eager_call, eager_smaller = timed(eager, batch), timed(eager, smaller)
+    try:
+        compiled = _extractor(name, batch_size, compile=True, warm_up=False)
+    except (TypeError, HistobagError) as exc:  # a histobag without compile=, or no compiler
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    compiled.model.load_state_dict(eager.model.state_dict())  # the same random weights
+    first_call = timed(compiled, batch)
+    first_smaller = timed(compiled, smaller)
+    eager_runs = [_model_only(eager, batch_size, tiles)]
+    compiled_runs = []
+    for _ in range(rounds):
+        compiled_runs.append(_model_only(compiled, batch_size, tiles))
+        eager_runs.append(_model_only(eager, batch_size, tiles))
+    ratios = [c / ((eager_runs[i] + eager_runs[i + 1]) / 2) for i, c in enumerate(compiled_runs)]
+    return {
+        "compiled_vs_eager": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "eager_tiles_per_s": [round(e, 2) for e in eager_runs],
+        "compiled_tiles_per_s": [round(c, 2) for c in compiled_runs],
+        "startup_s": round(first_call - eager_call, 2),
+        "smaller_batch_recompile_s": round(first_smaller - eager_smaller, 2),
+        "precision": compiled.precision,
+    }
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    """Median of ``key``'s values over every process's runs (None without runs)."""
+    values = [x for r in runs for x in r[key]]
+    return statistics.median(values) if values else None
+
+
 def _child(*args: str) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
@@ -217,21 +304,41 @@ def _child(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="auto")
-    parser.add_argument("--scale", type=int, default=16, help="slide area, in 4096x3072 units")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        help="slide area, in 4096x3072 units (default: 16, or the model's DEFAULT_SCALE)",
+    )
     parser.add_argument("--compression", choices=["jpeg", "deflate"], default="jpeg")
     parser.add_argument("--repeats", type=int, default=3, help="processes measuring the ratio")
-    parser.add_argument("--rounds", type=int, default=2, help="end-to-end runs per process")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="end-to-end runs per process besides the paired one (0: the paired run only)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile against eager"
+    )
+    parser.add_argument("--compile-models", nargs="+", default=COMPILE_MODELS)
+    parser.add_argument(
+        "--compile-tiles", type=int, default=256, help="tiles per model-only run with --compile"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, name, batch, slide, workers, *rest = args.child
+        kind, name, batch, *rest = args.child
         if kind == "ratio":
-            result = child_ratio(name, int(batch), slide, workers, int(rest[0]), int(rest[1]))
+            slide, workers, tiles, rounds = rest
+            result = child_ratio(name, int(batch), slide, workers, int(tiles), int(rounds))
+        elif kind == "compile":
+            tiles, rounds = rest
+            result = child_compile(name, int(batch), int(tiles), int(rounds))
         else:
-            result = child_memory(name, int(batch), slide, workers)
+            result = child_memory(name, int(batch), *rest)
         print(json.dumps(result))
         return
 
@@ -239,20 +346,20 @@ def main() -> None:
 
     folder = Path(tempfile.gettempdir()) / "histobag-bench"
     folder.mkdir(exist_ok=True)
-    small = _slide(folder, args.scale, args.compression)
-    large = _slide(folder, 4 * args.scale, args.compression)
     report = {
         "device": "cpu",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "scale": args.scale,
         "compression": args.compression,
         "models": {},
     }
     common = (str(args.batch_size),)
     for name in args.models:
+        scale = args.scale or DEFAULT_SCALE.get(name, 16)
+        small = _slide(folder, scale, args.compression)
+        large = _slide(folder, 4 * scale, args.compression)
         memory = _child("memory", name, *common, str(small), args.workers)
         memory_4x = _child("memory", name, *common, str(large), args.workers)
         tiles = str(memory["tiles"])
@@ -260,22 +367,35 @@ def main() -> None:
             _child("ratio", name, *common, str(small), args.workers, tiles, str(args.rounds))
             for _ in range(args.repeats)
         ]
+        paired = runs[0]["paired_ratio"] is not None
+        pairs = [pair for r in runs for pair in r["pairs"]]
+        forward_ratio = statistics.median(m / e for _, e, m in pairs) if pairs else None
+        busy = statistics.median(r["paired_model_busy"] for r in runs) if paired else None
+
         report["models"][name] = {
             "precision": runs[0]["precision"],
-            "ratio": statistics.median(x for r in runs for x in r["ratios"]),
-            "model_busy": statistics.median(x for r in runs for x in r["model_busy"]),
-            "forward_slowdown": statistics.median(x for r in runs for x in r["forward_slowdown"]),
-            "paired_ratio": (
-                statistics.median(r["paired_ratio"] for r in runs)
-                if runs[0]["paired_ratio"] is not None
-                else None
-            ),
+            "scale": scale,
+            "ratio": _median(runs, "ratios"),
+            "model_busy": _median(runs, "model_busy"),
+            "forward_slowdown": _median(runs, "forward_slowdown"),
+            "paired_ratio": statistics.median(r["paired_ratio"] for r in runs) if paired else None,
+            "paired_model_busy": busy,
+            "paired_forward_ratio": round(forward_ratio, 3) if pairs else None,
+            "paired_estimate": round(busy * forward_ratio, 3) if pairs else None,
             "ratio_runs": runs,
             "end_to_end": memory,
             "end_to_end_4x": memory_4x,
             "peak_rss_ratio_4x": round(memory_4x["peak_rss_mb"] / memory["peak_rss_mb"], 3),
         }
         print(json.dumps({name: report["models"][name]}), file=sys.stderr, flush=True)
+    if args.compile:
+        report["compile"] = {}
+        for name in args.compile_models:
+            result = _child(
+                "compile", name, *common, str(args.compile_tiles), str(args.rounds or 1)
+            )
+            report["compile"][name] = result
+            print(json.dumps({f"compile {name}": result}), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
 
 

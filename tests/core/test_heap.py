@@ -31,6 +31,43 @@ def test_trims_only_past_the_slack_over_the_first_reading(monkeypatch):
     assert trimmer.trims == 1
 
 
+def _trimmer(monkeypatch, readings_mb, **kwargs):
+    readings = iter([r * MB for r in readings_mb])
+    monkeypatch.setattr(heap, "resident_bytes", lambda: next(readings))
+    calls = []
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: calls.append)
+    return heap.HeapTrimmer(slack_mb=64, **kwargs), calls
+
+
+def test_a_trim_the_batches_undo_raises_the_level_instead_of_trimming_every_batch(monkeypatch):
+    # First reading: the constructor's check; then one per batch. The batches keep 100 MB more
+    # than after the first one: a trim frees it, the next batch faults it in again.
+    trimmer, calls = _trimmer(monkeypatch, [500, 540, 640, 640, 641, 639, 640, 700, 703])
+    for _ in range(8):
+        trimmer()
+    assert trimmer.trims == 1  # at 640; back at 640 after it, so 640 became the level
+    assert trimmer.baseline == 640 * MB
+    assert calls == [0]  # 700 and 703 are within the slack over 640
+
+
+def test_memory_that_a_trim_brings_down_is_still_trimmed_as_it_creeps(monkeypatch):
+    # Creeping heap pinned by small blocks (the case the trimmer is for): each trim brings
+    # resident memory back, so it stays at the first batch's level and trims again later.
+    trimmer, calls = _trimmer(monkeypatch, [500, 540, 610, 560, 580, 606, 545])
+    for _ in range(6):
+        trimmer()
+    assert trimmer.baseline == 540 * MB
+    assert trimmer.trims == 2 and calls == [0, 0]
+
+
+def test_further_growth_after_a_raised_level_is_trimmed(monkeypatch):
+    trimmer, calls = _trimmer(monkeypatch, [500, 540, 640, 650, 720])
+    for _ in range(4):
+        trimmer()
+    assert trimmer.baseline == 650 * MB  # raised one batch after the first trim
+    assert trimmer.trims == 2 and calls == [0, 0]  # 720 > 650 + 64
+
+
 def test_without_glibc_or_proc_it_does_nothing(monkeypatch):
     monkeypatch.setattr(heap, "_malloc_trim", lambda: None)
     trimmer = heap.HeapTrimmer()
