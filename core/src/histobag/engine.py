@@ -3,17 +3,23 @@
 Every path that extracts features (a WSI grid, a TFRecord, dataset bags, ``DatasetFeatures``)
 goes through :func:`run`:
 
-- **worker processes** open each slide themselves, read and decode tiles in batches (a
-  ``torch.utils.data.DataLoader`` over an iterable stream, batches shared round-robin between
-  workers), and move on to the next slide while the model finishes the last, so the model does
-  not idle between slides. On a CPU with few cores the same stream is read in the main
-  process between batches instead (:func:`auto_workers` says why);
+- the **main process plans** each slide once, shortly before it is read (:class:`JobOrder`:
+  the slide's grid and tissue detection), and sends the plan to the readers;
+- **worker processes** (started as :mod:`histobag.worker_start` says) open each planned slide
+  themselves, read and decode tiles in batches (a ``torch.utils.data.DataLoader`` over an
+  iterable stream, batches shared round-robin between workers), and move on to the next slide
+  while the model finishes the last, so the model does not idle between slides. On a CPU with
+  few cores the same stream is read in the main process between batches instead
+  (:func:`auto_workers` says why);
 - the **main thread** moves each batch to the device (pinned memory, non-blocking copies on
   CUDA), applies the stain normalizer, the tile transforms (in order; see
-  :mod:`histobag.tile_transforms`) and the extractor's preprocessing there, and runs the model
-  under autocast and ``inference_mode``;
-- a **writer thread** assembles each slide's features (spilled to a file when a folder is
-  given) and hands finished slides to a sink (bag writer, in-memory collector...).
+  :mod:`histobag.tile_transforms`) and the extractor's preprocessing there, runs the model
+  under autocast and ``inference_mode``, never waiting for its output: the features come back
+  to the writer thread (:mod:`histobag.device_results`), so the next batch is queued on the
+  device meanwhile;
+- a **writer thread** waits for each batch's features, fails a slide whose features hold NaN
+  or infinity, assembles each slide's features (spilled to a file when a folder is given) and
+  hands finished slides to a sink (bag writer, in-memory collector...).
 
 Memory is bounded by batch size × queue depth (plus one feature row per tile of the slides in
 flight), never by the size of a slide's pixels; free heap memory is handed back to the OS as
@@ -22,12 +28,12 @@ batches go by (:mod:`histobag.heap`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import tempfile
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,8 +45,10 @@ import torch
 import torch.utils.data
 
 from histobag.assembly import FeatureRows, TileLedger
+from histobag.device_results import FeaturesInFlight, non_finite_rows
 from histobag.errors import (
     HistobagError,
+    NonFiniteFeaturesError,
     StorageError,
     TileAccountingError,
     TileTransformError,
@@ -48,8 +56,10 @@ from histobag.errors import (
 from histobag.files import TMP_PREFIX, storage_error
 from histobag.geometry import TileGeometry
 from histobag.heap import HeapTrimmer
+from histobag.tile_readers import plan_opener
 from histobag.tile_transforms import TileTransform, apply_tile_transforms
 from histobag.validation import check_batch_size, check_num_workers, positive_int
+from histobag.worker_start import check_importable, shared_memory_error, worker_context
 
 if TYPE_CHECKING:
     from histobag.extractors.base import FeatureExtractor
@@ -131,64 +141,74 @@ def describe_error(exc: BaseException) -> str:
 
 
 class JobOrder:
-    """The order in which a run reads its jobs, decided in the main process as the run goes.
+    """Which job the readers take next, decided and planned in the main process as the run goes.
 
-    Published to the reading workers through a shared-memory tensor (``order``): position ``p``
-    holds a job index once decided, :attr:`UNDECIDED` before, :attr:`END` after the last job.
-    Without a :class:`Schedule` every job is decided at once, in order. With one, a thread asks
-    the schedule for the next job whenever fewer than ``lookahead`` decided slides are
-    unfinished, so a slide is decided (e.g. claimed) only shortly before it is read, and the
-    next is ready when the last batch of the previous one is read.
+    A thread takes the next job (from the :class:`Schedule`, else in order) whenever fewer than
+    ``lookahead`` decided slides are unfinished, plans it (:func:`~histobag.tile_readers.
+    plan_opener`: a slide's grid and tissue detection, once per slide and not once per reading
+    worker) and sends ``(job, opener)`` to every reader's channel, then ``None`` after the last.
+    So a slide is decided (e.g. claimed) only shortly before it is read, and the next one is
+    ready when the last batch of the previous one is read. A slide whose planning fails is
+    reported through ``fail`` and never sent.
     """
 
-    UNDECIDED = -2
-    END = -1
-
-    def __init__(self, n_jobs: int, schedule: Schedule | None, lookahead: int = 2) -> None:
-        self.order = torch.full((n_jobs + 1,), self.UNDECIDED, dtype=torch.int64)
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        schedule: Schedule | None,
+        lookahead: int,
+        channels: Sequence[Any],
+        fail: Callable[[int, str], None],
+    ) -> None:
+        self.jobs = jobs
         self.schedule = schedule
         self.lookahead = lookahead
+        self.channels = list(channels)
+        self.fail = fail
         self.admitted: list[int] = []
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self._unfinished = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        if schedule is None:
-            self.order[:n_jobs] = torch.arange(n_jobs)
-            self.order[n_jobs] = self.END
-            self.admitted = list(range(n_jobs))
-        else:
-            self.order.share_memory_()
 
     def start(self) -> None:
-        """Start deciding jobs (with a schedule)."""
+        """Start deciding and planning jobs."""
+        self._thread = threading.Thread(target=self._decide, name="histobag-jobs", daemon=True)
+        self._thread.start()
+
+    def _next(self) -> int | None:
         if self.schedule is not None:
-            self._thread = threading.Thread(target=self._decide, name="histobag-jobs", daemon=True)
-            self._thread.start()
+            return self.schedule.next_job(self.stop)
+        return len(self.admitted) if len(self.admitted) < len(self.jobs) else None
 
     def _decide(self) -> None:
-        position = 0
         try:
-            while position < len(self.order) - 1:
+            while len(self.admitted) < len(self.jobs):
                 with self._changed:
                     self._changed.wait_for(
                         lambda: self._unfinished < self.lookahead or self.stop.is_set()
                     )
                 if self.stop.is_set():
                     break
-                j = self.schedule.next_job(self.stop)  # type: ignore[union-attr]
+                j = self._next()
                 if j is None or self.stop.is_set():
                     break
                 with self._changed:
                     self._unfinished += 1
                     self.admitted.append(j)
-                self.order[position] = j
-                position += 1
+                try:
+                    opener = plan_opener(self.jobs[j].open)
+                except Exception as exc:  # a bad slide is reported, the run goes on
+                    self.fail(j, describe_error(exc))
+                    continue
+                for channel in self.channels:
+                    channel.put((j, opener))
         except BaseException as exc:  # raised by run() once the readers have stopped
             self.error = exc
         finally:
-            self.order[position:] = self.END
+            for channel in self.channels:
+                channel.put(None)
 
     def finished(self, j: int) -> None:
         """Job ``j`` is done (or failed): the next one may be decided."""
@@ -204,11 +224,22 @@ class JobOrder:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        for channel in self.channels:
+            # Plans a stopped run's workers never read must not keep this process from
+            # exiting (a process queue's feeder thread is joined at exit).
+            cancel = getattr(channel, "cancel_join_thread", None)
+            if cancel is not None:
+                cancel()
+                channel.close()
 
 
 # ------------------------------------------------------------------------------------------
 # Worker side: the tile stream
 # ------------------------------------------------------------------------------------------
+
+
+#: How often a reader waiting for the next planned job checks that the main process lives.
+_CHANNEL_POLL_SECONDS = 1.0
 
 
 def _worker_init(_: int) -> None:
@@ -218,43 +249,43 @@ def _worker_init(_: int) -> None:
 class TileStream(torch.utils.data.IterableDataset):
     """Iterable over the items of a run, split round-robin between DataLoader workers.
 
-    The jobs are taken in the order a :class:`JobOrder` publishes them.
+    Each reader (worker, or the main process reading inline) takes the planned jobs from its
+    own channel of the :class:`JobOrder`, in the order decided there: ``(job, opener)``, then
+    ``None`` at the end.
     Items: ``("start", job, n_tiles, top_left, geometry, grid_index)`` (from the first worker),
     ``("batch", job, kept indices, tiles uint8 (b, px, px, 3), filtered indices)`` and
     ``("error", job, reason)``. Across a slide's batches from every worker, each tile index
     appears exactly once, either with its pixels (kept) or as filtered out.
     """
 
-    def __init__(self, jobs: Sequence[Job], batch_size: int, order: torch.Tensor) -> None:
-        self.jobs = list(jobs)
+    def __init__(self, jobs: Sequence[Job], batch_size: int, channels: Sequence[Any]) -> None:
+        self.keys = [job.key for job in jobs]
         self.batch_size = batch_size
-        self.order = order
+        self.channels = list(channels)
 
-    def _job_order(self) -> Iterator[int]:
-        """Job indices in the order the main process decides them (see :class:`JobOrder`);
-        every worker sees the same order."""
+    def _planned_jobs(self, worker: int) -> Iterator[tuple[int, Callable[[], Any]]]:
+        """The jobs this reader gets, as the main process plans them; stops early if the main
+        process is gone."""
+        channel = self.channels[worker]
         parent = os.getppid()
-        position = 0
         while True:
-            j = int(self.order[position])
-            if j == JobOrder.UNDECIDED:
+            try:
+                item = channel.get(timeout=_CHANNEL_POLL_SECONDS)
+            except queue.Empty:
                 if os.getppid() != parent:  # the main process is gone: stop reading
                     return
-                time.sleep(0.002)
                 continue
-            if j == JobOrder.END:
+            if item is None:
                 return
-            yield j
-            position += 1
+            yield item
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         counter = 0  # global chunk number, for round-robin assignment across slides
-        for j in self._job_order():
-            job = self.jobs[j]
+        for j, opener in self._planned_jobs(worker):
             try:
-                source, top_left, geometry = job.open()
+                source, top_left, geometry = opener()
                 n = len(source)
             except Exception as exc:  # a bad slide is reported, the run goes on
                 # Every worker reports: one that fails to open a slide that another opened
@@ -267,7 +298,7 @@ class TileStream(torch.utils.data.IterableDataset):
             mine = [c for c in range(n_chunks) if (counter + c) % workers == worker]
             counter += n_chunks
             try:
-                yield from self._slide_batches(job, j, source, mine)
+                yield from self._slide_batches(j, source, mine)
             except Exception as exc:
                 yield ("error", j, describe_error(exc))
             close = getattr(source, "close", None)
@@ -275,7 +306,7 @@ class TileStream(torch.utils.data.IterableDataset):
                 close()
 
     def _slide_batches(
-        self, job: Job, j: int, source: TileReader, chunks: list[int]
+        self, j: int, source: TileReader, chunks: list[int]
     ) -> Iterator[tuple[Any, ...]]:
         """Read ``chunks`` of a slide, drop tiles failing the pixel filters, and yield full
         batches of kept tiles, each with the indices filtered out since the previous one.
@@ -291,7 +322,7 @@ class TileStream(torch.utils.data.IterableDataset):
         buffered = 0
         for c in chunks:
             idx = np.arange(c * size, min(len(source), (c + 1) * size))
-            tiles, kept = _read_chunk(job, source, idx)
+            tiles, kept = _read_chunk(self.keys[j], source, idx)
             filtered.append(idx[~kept])
             if kept.any():
                 kept_idx.append(idx[kept])
@@ -315,13 +346,13 @@ class TileStream(torch.utils.data.IterableDataset):
             yield ("batch", j, all_idx, torch.from_numpy(tiles), rest_filtered)
 
 
-def _read_chunk(job: Job, source: TileReader, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_chunk(key: str, source: TileReader, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tiles and keep-mask of ``idx``, checked to be one tile and one flag per index."""
     tiles, kept = source.read_tiles(idx, return_mask=True)
     tiles, kept = np.asarray(tiles), np.asarray(kept)
     if len(tiles) != len(idx) or kept.shape != (len(idx),) or kept.dtype != bool:
         raise TileAccountingError(
-            f"{job.key}: asked the tile source for {len(idx)} tiles, got {len(tiles)} tiles and "
+            f"{key}: asked the tile source for {len(idx)} tiles, got {len(tiles)} tiles and "
             f"a mask of shape {kept.shape} ({kept.dtype}); no bag was written."
         )
     return tiles, kept
@@ -443,6 +474,17 @@ class _Writer(threading.Thread):
         slide.ledger.filtered_out(filtered)
         if not len(kept):
             return
+        if isinstance(features, FeaturesInFlight):
+            features = features.numpy()  # waits for the device here, not in the main thread
+        bad = non_finite_rows(features)
+        if len(bad):
+            tiles = kept[bad]
+            raise NonFiniteFeaturesError(
+                f"{self.jobs[j].key}: the model returned NaN or infinite features for "
+                f"{len(tiles)} tiles (tile indices {tiles[:8].tolist()}"
+                f"{', ...' if len(tiles) > 8 else ''}); no bag was written. In fp16 a model "
+                "can overflow: try precision='bf16' or 'fp32' (--precision)."
+            )
         slide.ledger.delivered(kept)
         try:
             slide.rows.put(kept, features)
@@ -563,8 +605,9 @@ def run(
             number of tiles it accounted for (kept or filtered out).
         schedule: Decides which job comes next while the run goes on (each job at most once);
             jobs it never returns are not run. ``None``: every job, in order.
-        lookahead: With a schedule, how many decided slides may be unfinished at a time: the
-            one at the model and the next ones being read.
+        lookahead: How many decided slides may be unfinished at a time: the one at the model
+            and the next ones being read (and planned). Without a schedule, at least twice the
+            number of readers, so that every reader has chunks to read.
 
     Raises:
         ArgumentError: ``batch_size``, ``num_workers`` or ``queue_depth`` is out of range.
@@ -579,17 +622,26 @@ def run(
         return
     device = extractor.device
     workers = auto_workers(device) if num_workers == "auto" else num_workers
-    job_order = JobOrder(len(jobs), schedule, lookahead)
-    stream = TileStream(jobs, batch_size, job_order.order)
+    context = worker_context(device) if workers else None
+    if context is not None:
+        check_importable((job.open for job in jobs), context)
+    # One channel per reader; a worker's channel must come from the context that starts it.
+    channels = [context.Queue() for _ in range(workers)] if context else [queue.Queue()]
+    # Without a schedule, plan enough slides ahead that every reader has chunks to read.
+    ahead = lookahead if schedule is not None else max(lookahead, 2 * len(channels))
+    job_order = JobOrder(
+        jobs, schedule, ahead, channels, fail=lambda j, why: writer.queue.put(("error", j, why))
+    )
     loader = torch.utils.data.DataLoader(
-        stream,
+        TileStream(jobs, batch_size, channels),
         batch_size=None,
+        collate_fn=_as_read,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=queue_depth if workers else None,
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=False,
-        multiprocessing_context="spawn" if workers and device.type == "cuda" else None,
+        multiprocessing_context=context,
     )
     writer = _Writer(
         jobs,
@@ -601,40 +653,90 @@ def run(
     )
     writer.start()
     job_order.start()
-    trim_heap = HeapTrimmer()
-    transforms = tuple(tile_transforms)
-    transform_failed: set[int] = set()  # slides failed by a tile transform: skip their batches
+    model_loop = _ModelLoop(extractor, jobs, writer, normalizer, tile_transforms, progress)
     try:
-        for item in loader:
-            if writer.error is not None:
-                break
-            if item[0] == "batch":
-                _, j, kept, tiles, filtered = item
-                features = None
-                if len(kept) and j not in transform_failed:
-                    try:
-                        batch = _to_device_batch(tiles, device, normalizer, transforms)
-                    except TileTransformError as exc:  # that slide fails; the run goes on
-                        transform_failed.add(j)
-                        writer.queue.put(("error", j, describe_error(exc)))
-                    else:
-                        features = extractor.forward_batch(batch).cpu().numpy()
-                        trim_heap()
-                if j not in transform_failed:
-                    writer.queue.put(("batch", j, kept, features, filtered))
-                if progress is not None:
-                    progress(jobs[j].key, len(kept) + len(filtered))
-            else:
-                writer.queue.put(item)
+        # The DataLoader's pinning thread pins for the current device: make it the model's.
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            items = iter(loader)
+            for item in items:
+                if writer.error is not None:
+                    break
+                model_loop.take(item)
     except BaseException as exc:
-        # A worker died (e.g. a library crash on a corrupt file), or the user interrupted.
+        # A worker died (a library crash on a corrupt file, no shared memory left), or the
+        # user interrupted.
         _stop(writer, sink, f"extraction stopped: {describe_error(exc)}")
+        shm = shared_memory_error(exc, workers, _exit_codes(locals().get("items")))
+        if shm is not None:
+            raise shm from exc
         raise
     error = writer.error or job_order.error
     if error is not None:
         _stop(writer, sink, f"run stopped: {describe_error(error)}")
         raise error
     _stop(writer, sink, None)
+
+
+def _exit_codes(items: Any) -> list[int | None]:
+    """Exit codes of a DataLoader iterator's workers (a private attribute: none if it moved)."""
+    return [getattr(w, "exitcode", None) for w in getattr(items, "_workers", ())]
+
+
+def _as_read(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The DataLoader's per-item step: items as the readers made them. Its default would turn
+    every array (tile indices, coordinates) into a tensor, and pin each one on CUDA; only the
+    tiles are tensors, so only they are pinned."""
+    return item
+
+
+class _ModelLoop:
+    """The main thread's work on each item: run the model on batches, never waiting for it.
+
+    A batch's features go to the writer as a :class:`~histobag.device_results.FeaturesInFlight`
+    (on CUDA a non-blocking copy into pinned memory, with an event): the writer thread waits for
+    the copy, so the main thread queues the next batch while the device computes this one.
+    """
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        jobs: Sequence[Job],
+        writer: _Writer,
+        normalizer: Any,
+        tile_transforms: Sequence[TileTransform],
+        progress: Any,
+    ) -> None:
+        self.extractor = extractor
+        self.jobs = jobs
+        self.writer = writer
+        self.normalizer = normalizer
+        self.transforms = tuple(tile_transforms)
+        self.progress = progress
+        self.trim_heap = HeapTrimmer()
+        self.failed: set[int] = set()  # slides a tile transform failed: later batches skipped
+
+    def take(self, item: tuple[Any, ...]) -> None:
+        """Handle one item of the tile stream."""
+        if item[0] != "batch":
+            self.writer.queue.put(item)
+            return
+        _, j, kept, tiles, filtered = item
+        features = None
+        if len(kept) and j not in self.failed:
+            try:
+                batch = _to_device_batch(
+                    tiles, self.extractor.device, self.normalizer, self.transforms
+                )
+            except TileTransformError as exc:  # that slide fails; the run goes on
+                self.failed.add(j)
+                self.writer.queue.put(("error", j, describe_error(exc)))
+            else:
+                features = FeaturesInFlight(self.extractor.forward_batch(batch))
+                self.trim_heap()
+        if j not in self.failed:
+            self.writer.queue.put(("batch", j, kept, features, filtered))
+        if self.progress is not None:
+            self.progress(self.jobs[j].key, len(kept) + len(filtered))
 
 
 def _stop(writer: _Writer, sink: Sink, reason: str | None) -> None:
@@ -673,11 +775,18 @@ def _to_device_batch(
     """uint8 (b, px, px, 3) → uint8 (b, 3, H, W) on the device: stain-normalised, then
     tile-transformed in order (H, W are px unless a transform changes them).
 
+    A normalizer that computes on the host (``runs_on_host``, e.g. scikit-learn's Vahadane)
+    normalises the tiles before they are copied, rather than after a round trip.
+
     Raises:
         TileTransformError: A tile transform raised or broke its contract.
     """
-    batch = tiles.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2)
-    if normalizer is not None:
+    batch = tiles.permute(0, 3, 1, 2)
+    on_host = normalizer is not None and getattr(normalizer, "runs_on_host", False)
+    if on_host:
+        batch = normalizer.transform(batch)
+    batch = batch.to(device, non_blocking=device.type == "cuda")
+    if normalizer is not None and not on_host:
         batch = normalizer.transform(batch)
     return apply_tile_transforms(batch, tile_transforms)
 

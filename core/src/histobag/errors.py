@@ -113,6 +113,15 @@ class StorageError(HistobagError, OSError):
         return str(self.strerror)
 
 
+class SharedMemoryError(HistobagError, OSError):
+    """The tile-reading worker processes ran out of shared memory (``/dev/shm``); the message
+    names the fix (e.g. Docker's ``--shm-size``)."""
+
+
+class NonFiniteFeaturesError(HistobagError):
+    """A model returned NaN or infinite features for some tiles; that slide gets no bag."""
+
+
 class ArgumentError(HistobagError, ValueError):
     """An argument is of the wrong kind or out of range; the message says what is allowed."""
 

@@ -4,6 +4,11 @@ A tile reader has ``len()`` and ``read_tiles(indices)`` (the engine's
 :class:`~histobag.engine.TileReader`). An opener runs inside each worker process and returns
 ``(reader, top_left, geometry)``; the engine never ships pixels or open file handles between
 processes.
+
+An opener may also have ``plan()``: the engine calls it once per slide in the main process and
+sends the opener it returns to the workers instead. :class:`OpenWSI` plans by building the
+:class:`~histobag.slide.WSI` (thumbnail and tissue detection: once per slide, not once per
+worker) and sends it without its file handle, so each worker only reopens the file.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ class OpenWSI:
         """Open the slide: (WSI, top-left corners, geometry)."""
         wsi = WSI(self.path, self.tile_px, self.tile_um, **self.kwargs)
         return wsi, wsi.coords, wsi_geometry(wsi)
+
+    def plan(self) -> ExistingWSI:
+        """Build the slide's grid once (tissue detection included), for the workers to read."""
+        wsi = WSI(self.path, self.tile_px, self.tile_um, **self.kwargs)
+        wsi.close()  # each worker reopens the file; the main process reads no tiles
+        return ExistingWSI(wsi)
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,10 @@ class Subsample:
     opener: Any
     max_tiles: int
 
+    def plan(self) -> Subsample:
+        """The same subsample of the wrapped opener's plan (see :func:`plan_opener`)."""
+        return Subsample(plan_opener(self.opener), self.max_tiles)
+
     def __call__(self) -> tuple[Any, np.ndarray, Any]:
         """Open the wrapped reader and keep at most ``max_tiles`` of its tiles."""
         source, top_left, geometry = self.opener()
@@ -140,3 +155,10 @@ class Subsample:
             return source, top_left, geometry
         indices = evenly_spaced(n, self.max_tiles)
         return _Subset(source, indices), np.asarray(top_left)[indices], geometry
+
+
+def plan_opener(opener: Any) -> Any:
+    """What the workers should call to open a slide: ``opener.plan()`` where the opener has
+    one (work done once, in the calling process), else the opener itself."""
+    plan = getattr(opener, "plan", None)
+    return plan() if callable(plan) else opener

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag.errors import ExtractorArgumentError
+from histobag.extractors.autocast_weights import cast_autocast_weights
+from histobag.extractors.device import cuda_supports_bf16, with_index
 from histobag.extractors.inputs import find_input_handler
 from histobag.extractors.preprocess import build_transform, output_size, to_batch
 from histobag.specs import ExtractorSpec, Preprocessing
@@ -129,8 +131,9 @@ def precision_unsupported(device: torch.device, dtype: str) -> str | None:
     autocast, or None when it can.
 
     A CPU needs the dtype in hardware (without it autocast emulates it, slower than float32);
-    a CUDA GPU needs bfloat16 support for bfloat16 (float16 it always has); other devices need
-    torch's autocast for the dtype.
+    a CUDA GPU needs native bfloat16 (compute capability 8.0 or newer, checked for ``device``
+    itself, see :func:`~histobag.extractors.device.cuda_supports_bf16`) for bfloat16 (float16
+    it always has); other devices need torch's autocast for the dtype.
     """
     import torch
 
@@ -141,10 +144,11 @@ def precision_unsupported(device: torch.device, dtype: str) -> str | None:
             return "this CPU has no float16 instructions (AVX512-FP16 or AMX-FP16)"
         return None
     if device.type == "cuda":  # float16 autocast runs on every CUDA GPU
-        if dtype == "bfloat16":
-            with torch.cuda.device(device):
-                if not torch.cuda.is_bf16_supported():
-                    return "this GPU does not support bfloat16"
+        if dtype == "bfloat16" and not cuda_supports_bf16(device):
+            return (
+                "this GPU does not support bfloat16 natively (that needs compute capability "
+                "8.0 or newer; older GPUs emulate it, slower than float16)"
+            )
         return None
     if not torch.amp.is_autocast_available(device.type):
         return f"torch has no autocast for {device.type} devices"
@@ -173,8 +177,6 @@ def select_precision(
         ExtractorArgumentError: ``precision`` is unknown, contradicts ``mixed_precision``, or
             names a dtype ``device`` cannot compute in (the message says what to use instead).
     """
-    import torch
-
     choice = precision_choice(precision, mixed_precision)
     if choice == "fp32":
         return "float32"
@@ -194,7 +196,7 @@ def select_precision(
             )
         return dtype
     if device.type == "cuda":
-        if autocast_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        if autocast_dtype == "bfloat16" and not cuda_supports_bf16(device):
             return "float16"
         return autocast_dtype
     if device.type == "cpu" and cpu_supports_bf16():
@@ -239,6 +241,7 @@ class FeatureExtractor:
         precision: str = "auto",
         compile: bool = False,
     ) -> None:
+        device = with_index(device)  # a bare "cuda" would follow whichever GPU is current
         self.spec = spec
         self.model = build.module.eval().to(device)
         self.channels_last = _prefers_channels_last(self.model)
@@ -253,6 +256,10 @@ class FeatureExtractor:
         self.precision = select_precision(
             device, True, spec.autocast_dtype, self.requested_precision
         )
+        if self.precision != "float32":  # cast once here, not by autocast at every batch
+            import torch
+
+            cast_autocast_weights(self.model, getattr(torch, self.precision), device.type)
         #: Whether the model runs through ``torch.compile`` (compiled at its first batch).
         self.compiled = bool(compile)
         self._compiled_model: tuple[torch.nn.Module, Callable[..., Any]] | None = None

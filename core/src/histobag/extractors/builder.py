@@ -21,7 +21,7 @@ from histobag.extractors.base import (
     precision_choice,
     select_precision,
 )
-from histobag.extractors.device import resolve_device
+from histobag.extractors.device import make_current, resolve_device
 from histobag.extractors.preprocess import PreprocessingOverrides
 from histobag.specs import ExtractorSpec
 
@@ -73,9 +73,10 @@ def build_extractor(
        the preprocessing overrides (:class:`PreprocessingOverrides`, split from ``kwargs``),
        and the rest, the model's own arguments, against ``spec.model_kwargs`` and
        ``spec.required_kwargs``, before anything is built.
-    2. Resolve the device (:func:`~histobag.extractors.device.resolve_device`) and check that
-       it computes in the precision asked for
-       (:func:`~histobag.extractors.base.select_precision`).
+    2. Resolve the device (:func:`~histobag.extractors.device.resolve_device`; a GPU is
+       always indexed, ``cuda:<k>``), check that it computes in the precision asked for
+       (:func:`~histobag.extractors.base.select_precision`), and make it the current GPU
+       (:func:`~histobag.extractors.device.make_current`).
     3. ``spec``'s factory: ``factory(spec, **model_kwargs)`` gives a :class:`ModelBuild` (a bare
        ``torch.nn.Module`` is wrapped in one).
     4. Weights: ``"random"`` keeps the initialisation; a local file (or a folder holding one);
@@ -90,7 +91,10 @@ def build_extractor(
        so such folders keep their fingerprint), ``precision`` when ``"bf16"`` or ``"fp16"``,
        ``compile`` when True, and the model's arguments (as the factory normalised them in
        ``build.recorded_kwargs``, else as given; paths as strings).
-    7. The extractor: ``build.extractor_cls`` (default :class:`FeatureExtractor`).
+    7. The extractor: ``build.extractor_cls`` (default :class:`FeatureExtractor`), which
+       moves the model to the device and, in bfloat16 or float16, stores its linear and
+       convolution weights in that dtype
+       (:func:`~histobag.extractors.autocast_weights.cast_autocast_weights`).
 
     Raises:
         ExtractorArgumentError: An unknown keyword argument or a bad value.
@@ -102,6 +106,7 @@ def build_extractor(
     _check_model_kwargs(spec, model_kwargs)
     torch_device = resolve_device(device)
     select_precision(torch_device, True, spec.autocast_dtype, choice)  # refuse before building
+    make_current(torch_device)  # what follows the current GPU, not a tensor's, goes there too
 
     build = spec.load_factory()(spec, **model_kwargs)
     if not isinstance(build, ModelBuild):

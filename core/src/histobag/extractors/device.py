@@ -1,7 +1,15 @@
-"""Which device a model runs on: the default, and checking the one a user asks for."""
+"""Which device a model runs on: the default, checking the one a user asks for, and making it
+the current device of its backend.
+
+A CUDA device is always indexed (``cuda:1``, never bare ``cuda``): torch resolves a bare
+``cuda`` to whichever GPU is current *when it is used*, so a model built for one GPU could
+otherwise allocate, pin memory or check its capabilities on another.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from histobag.errors import ExtractorArgumentError
@@ -9,22 +17,43 @@ from histobag.errors import ExtractorArgumentError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["default_device", "device_available", "resolve_device"]
+__all__ = [
+    "cuda_supports_bf16",
+    "default_device",
+    "device_available",
+    "device_index",
+    "make_current",
+    "on_device",
+    "resolve_device",
+    "with_index",
+]
 
 
 def default_device() -> torch.device:
-    """CUDA when available, then Apple MPS, else the CPU."""
+    """The current CUDA GPU (indexed, e.g. ``cuda:0``) when available, then Apple MPS, else
+    the CPU."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
+def with_index(device: torch.device) -> torch.device:
+    """``device`` with its index: a bare ``cuda`` becomes ``cuda:<current device>``; other
+    devices are returned unchanged."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device`` this machine has (the default device for ``None``).
+    """``device`` as a ``torch.device`` this machine has (the default device for ``None``);
+    a bare ``"cuda"`` becomes the current GPU, indexed (``cuda:<k>``).
 
     Raises:
         ExtractorArgumentError: ``device`` is not a device name, or names a device this
@@ -47,7 +76,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"device {device!r} is not available on this machine. {usage} (the default is "
             f"{default_device()} here)."
         )
-    return resolved
+    return with_index(resolved)
 
 
 def device_available(device: torch.device) -> bool:
@@ -68,3 +97,51 @@ def device_available(device: torch.device) -> bool:
         return False
     count = getattr(backend, "device_count", None)
     return device.index is None or not callable(count) or device.index < count()
+
+
+def device_index(device: torch.device) -> int | None:
+    """The CUDA GPU index of ``device`` (the current GPU for a bare ``cuda``), or None for
+    any other device."""
+    return with_index(device).index if device.type == "cuda" else None
+
+
+def make_current(device: torch.device) -> None:
+    """Make ``device`` this thread's current CUDA GPU (``torch.cuda.set_device``), so what
+    follows the current GPU rather than a tensor's (new ``"cuda"`` tensors, pinned-memory
+    threads, streams, capability checks) lands on it too. A no-op for other devices."""
+    import torch
+
+    index = device_index(device)
+    if index is not None:
+        torch.cuda.set_device(index)
+
+
+@contextlib.contextmanager
+def on_device(device: torch.device) -> Iterator[None]:
+    """Context in which ``device`` is the current CUDA GPU (restored on exit); a no-op for
+    other devices."""
+    import torch
+
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
+
+
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes in bfloat16 natively: compute capability 8.0 or
+    newer (Ampere on), or any ROCm GPU. Older GPUs (T4, V100) only emulate it, slower than
+    float16, so they do not count.
+
+    Checked for ``device`` itself, not the current GPU.
+    """
+    import torch
+
+    with on_device(device):
+        # torch's own answer may count emulation too, so it must also be native
+        if not torch.cuda.is_bf16_supported():
+            return False
+        if torch.version.hip:
+            return True
+        return torch.cuda.get_device_capability(device)[0] >= 8

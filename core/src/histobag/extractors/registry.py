@@ -140,19 +140,24 @@ def build_feature_extractor(
             resolved path, with its sha256 in the provenance. Checkpoint tensors of another
             floating-point precision are converted only when no value changes (with a
             warning); integer tensors for floating-point parameters are refused.
-        device: ``"cuda"``, ``"cpu"``, ...; default CUDA if available, else CPU.
+        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``, ...; default the current CUDA GPU if
+            available, else CPU. A bare ``"cuda"`` means the current GPU; the extractor's
+            device is always indexed (``cuda:<k>``), and building makes it the current GPU.
         mixed_precision: Compute in bfloat16/float16 where the hardware supports it (CUDA, and
             CPUs with AVX512-BF16/AMX); outputs are float32 either way. ``False`` is
             ``precision="fp32"``.
         precision: What the model computes in (outputs are float32 either way): ``"auto"``
             (the fastest the device supports: the model's reduced precision on CUDA, usually
-            bfloat16, float16 on GPUs without bfloat16; bfloat16 on CPUs with AVX512-BF16/AMX,
+            bfloat16, float16 on GPUs without native bfloat16 (before compute capability
+            8.0: T4, V100); bfloat16 on CPUs with AVX512-BF16/AMX,
             else float32), ``"fp32"`` (no autocast), ``"bf16"`` or ``"fp16"`` (autocast to
             that dtype; refused on a device that cannot compute in it, e.g. ``"bf16"`` on a
             CPU without bfloat16 instructions). ``"float32"``, ``"bfloat16"`` and
             ``"float16"`` are accepted too. The dtype used is ``extractor.precision`` and
             ``provenance()["precision"]``; a choice other than ``"auto"`` is recorded, so a
-            rebuild computes the same way.
+            rebuild computes the same way. In bfloat16 or float16 the linear and convolution
+            weights are stored in that dtype (what autocast would cast them to at every
+            batch), so ``extractor.model`` itself runs under ``extractor.autocast()``.
         compile: Run the model through ``torch.compile`` (default mode), compiled at the first
             batch (seconds to minutes, and again for a new batch shape); recorded, and shown as
             ``provenance()["compiled"]``. Needs a working compiler (a C++ compiler on CPUs,

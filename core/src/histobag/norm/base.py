@@ -46,6 +46,10 @@ class StainNormalizer:
     cpu_chunk_pixels: ClassVar[int] = 1 << 19
     #: The preset ``fit="default"`` (and ``autoselect(method)``) stands for.
     default_preset: ClassVar[str] = DEFAULT_PRESET
+    #: Whether :meth:`transform` computes on the host, copying each batch to the CPU and back
+    #: (only for algorithms that need a CPU library); otherwise a batch never waits for its
+    #: device: constant tables are cached per device and no value is read back mid-batch.
+    runs_on_host: ClassVar[bool] = False
 
     def __init__(self, fit: Any = "default", *, min_tissue: float = 0.01) -> None:
         if not 0.0 <= min_tissue < 1.0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from histobag.norm.ops import lookup
+from histobag.norm.ops import device_table, lookup
 
 # sRGB (linear) -> CIE XYZ, D65 (IEC 61966-2-1).
 _XYZ_FROM_RGB = (
@@ -44,7 +44,9 @@ def _mix(m: tuple[tuple[float, ...], ...], x: torch.Tensor, dim: int) -> list[to
     return [m[i][0] * ch[0] + m[i][1] * ch[1] + m[i][2] * ch[2] for i in range(3)]
 
 
-def _srgb_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+@device_table
+def srgb_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Linear RGB of the 256 uint8 levels, built once per device and dtype (no per-batch copy)."""
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     return _srgb_to_linear(levels).to(device=device, dtype=dtype)
 
@@ -64,7 +66,7 @@ def rgb_to_lab(rgb: torch.Tensor, dim: int = -3) -> torch.Tensor:
     if rgb.shape[dim] != 3:
         raise ValueError(f"expected 3 channels along dim {dim}, got shape {tuple(rgb.shape)}")
     if rgb.dtype == torch.uint8:
-        lin = lookup(_srgb_lut(rgb.device, torch.float32), rgb)
+        lin = lookup(srgb_table(rgb.device, torch.float32), rgb)
     else:
         lin = _srgb_to_linear(rgb)
     x, y, z = _mix(_XYZ_FROM_RGB, lin, dim)

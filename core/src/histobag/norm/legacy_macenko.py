@@ -12,8 +12,9 @@ ISBI 2009. Per image:
 5. concentrations of every pixel by least squares, scaled so that their 99th percentiles
    match the target's, and recomposed with the target's stain vectors.
 
-Eigen-decompositions of the ``(B, 3, 3)`` covariances run in float64 on the CPU (tiny, and
-the same on every device); everything per pixel stays on the batch's device.
+Eigen-decompositions of the ``(B, 3, 3)`` covariances run in float64 on the batch's device
+(their signs are then fixed, so they do not depend on the device's ``eigh``); the host is
+used only where the device has no ``eigh`` (see :func:`histobag.norm.ops.eigenvectors`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from histobag.errors import ConfigError, HistobagError
 from histobag.norm.base import StainNormalizer, as_batch
 from histobag.norm.ops import (
     compose,
+    eigenvectors,
     masked_quantile,
     min_pixels,
     od_to_uint8,
@@ -56,8 +58,8 @@ def macenko_stains(od: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0) -> 
     # several outputs per image never split a row across threads, so the sums are identical
     # whatever the batch size (a batch is normalised exactly like each of its images alone).
     scatter = (d.unsqueeze(2) * d.unsqueeze(1)).sum(-1)  # (B, 3, 3)
-    cov = (scatter / (n - 1).clamp(min=1).to(dtype)[:, None, None]).to("cpu", torch.float64)
-    _, vecs = torch.linalg.eigh(cov)  # eigenvalues ascending
+    cov = scatter / (n - 1).clamp(min=1).to(dtype)[:, None, None]
+    vecs = eigenvectors(cov, torch.float64)  # eigenvalues ascending; on the device if it can
     v1, v2 = vecs[..., 2], vecs[..., 1]
     # Eigenvector signs are arbitrary. Point the principal one into the positive octant (all
     # tissue ODs are positive, so their angles then stay in (-pi/2, pi/2) and never wrap);

@@ -19,10 +19,11 @@ ISBI 2009, as slideflow 3.0.2's torch backend computes it. Per image, in float32
 7. ``uint8(clip(255 * exp(-OD), 0, 255))``, truncating like slideflow's cast.
 
 The fit is the stain matrix of step 5 and the 99th percentiles of step 6 (slideflow's
-``stain_matrix_target`` and ``target_concentrations``). Eigen-decompositions of the
-``(B, 3, 3)`` covariances run on the CPU, as slideflow's do; everything per pixel stays on
-the batch's device. Images with too little tissue (or degenerate stains) are returned
-unchanged, as slideflow returns the original image when its normalisation fails.
+``stain_matrix_target`` and ``target_concentrations``). Everything, the eigen-decompositions
+of the ``(B, 3, 3)`` covariances included, runs on the batch's device, as slideflow's does
+(eigenvector signs are those of that device's ``eigh``). Images with too little tissue (or
+degenerate stains) are returned unchanged, as slideflow returns the original image when its
+normalisation fails.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import torch
 from histobag.norm.legacy_macenko import _StainMatrixNormalizer
 from histobag.norm.ops import (
     compose,
+    device_table,
+    eigenvectors,
     lookup,
     min_pixels,
     standardize_brightness,
@@ -46,8 +49,13 @@ IO = 255
 
 def optical_density32(x: torch.Tensor) -> torch.Tensor:
     """float32 ``-log((I + 1) / 255)`` of uint8 ``I``, computed as slideflow does (float32)."""
-    lut = -torch.log((torch.arange(256, dtype=torch.float32) + 1.0) / IO)
-    return lookup(lut.to(x.device), x)
+    return lookup(od32_table(x.device), x)
+
+
+@device_table
+def od32_table(device: torch.device) -> torch.Tensor:
+    """The 256-entry table of :func:`optical_density32`, copied to each device once."""
+    return (-torch.log((torch.arange(256, dtype=torch.float32) + 1.0) / IO)).to(device)
 
 
 def _dot3(v: torch.Tensor, od: torch.Tensor) -> torch.Tensor:
@@ -76,9 +84,8 @@ def slideflow_macenko_stains(od: torch.Tensor, mask: torch.Tensor, alpha: float)
     d = ((od.double() - mean.unsqueeze(-1)) * m).float()
     scatter = (d.unsqueeze(2) * d.unsqueeze(1)).sum(-1, dtype=torch.float64)  # (B, 3, 3)
     cov = scatter / (n - 1).clamp(min=1).to(torch.float64)[:, None, None]
-    # float32 on the CPU, as slideflow (the signs of the eigenvectors matter, see above).
-    _, vecs = torch.linalg.eigh(cov.to("cpu", torch.float32))  # eigenvalues ascending
-    vecs = vecs.to(device)
+    # float32, as slideflow, on the batch's device (the eigenvectors' signs matter, see above).
+    vecs = eigenvectors(cov, torch.float32).to(device)  # eigenvalues ascending
     e_second, e_first = vecs[..., 1], vecs[..., 2]  # (B, 3)
     phi = torch.atan2(_dot3(e_first, od), _dot3(e_second, od))
     lo = torch_quantile(phi, mask, alpha / 100).unsqueeze(-1)

@@ -8,8 +8,34 @@ image has its own number of tissue pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
+_DEVICE_TABLES: list[Any] = []
+
+
+def device_table(build: _F) -> _F:
+    """Cache ``build(device, ...)``: a constant tensor made once per device (and arguments).
+
+    Rebuilding a constant for every batch costs a host-to-device copy, which waits for the
+    device; cached, a batch only launches kernels. Callers must not modify the result. The
+    cached builders are listed by :func:`device_tables`.
+    """
+    cached = cache(build)
+    _DEVICE_TABLES.append(cached)
+    return cached  # type: ignore[return-value]
+
+
+def device_tables() -> tuple[Any, ...]:
+    """Every :func:`device_table` builder (``functools.cache`` wrappers: ``cache_info()``,
+    ``cache_clear()``)."""
+    return tuple(_DEVICE_TABLES)
+
 
 #: Incident light intensity used in the optical-density transform ``OD = -log((I + 1) / IO)``.
 #: The ``+ 1`` keeps ``log`` finite for black pixels; with ``IO = 255`` a white pixel has a
@@ -27,10 +53,19 @@ def optical_density(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     Returns:
         A tensor of the same shape as ``x``.
     """
-    # A 256-entry lookup table is faster than log() and gives every pixel bit-identical values
-    # whatever the batch size (vectorised and scalar tails of log() may differ by one ulp).
+    return lookup(od_table(x.device, dtype), x)
+
+
+@device_table
+def od_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The 256-entry table of :func:`optical_density`, built once per device and dtype.
+
+    A lookup table is faster than ``log()`` and gives every pixel bit-identical values whatever
+    the batch size (vectorised and scalar tails of ``log()`` may differ by one ulp). Cached so
+    that no batch pays a host-to-device copy (which waits for the device) to rebuild it.
+    """
     lut = -torch.log((torch.arange(256, dtype=torch.float64) + 1.0) / IO)
-    return lookup(lut.to(device=x.device, dtype=dtype), x)
+    return lut.to(device=device, dtype=dtype)
 
 
 def lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +77,23 @@ def lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def od_to_uint8(od: torch.Tensor) -> torch.Tensor:
     """Invert :func:`optical_density` exactly and round to uint8: ``I = 255 * exp(-OD) - 1``."""
     return (torch.exp(-od) * IO - 1.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+#: Devices where ``torch.linalg.eigh`` runs natively ("meta" only checks shapes, in tests).
+_EIGH_DEVICES = frozenset({"cpu", "cuda", "meta"})
+
+
+def eigenvectors(matrices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Eigenvectors of symmetric ``(..., n, n)`` matrices (columns, eigenvalues ascending).
+
+    Computed in ``dtype`` by ``torch.linalg.eigh`` on the matrices' own device where torch
+    supports it (CPU, CUDA), so no batch waits for a copy to the host and back. Elsewhere
+    (e.g. MPS: no ``eigh``, no float64) on the host; the result then stays there and callers
+    move it (``.to(device)`` is a no-op on the other devices).
+    """
+    if matrices.device.type in _EIGH_DEVICES:
+        return torch.linalg.eigh(matrices.to(dtype))[1]
+    return torch.linalg.eigh(matrices.to("cpu", dtype))[1]
 
 
 def min_pixels(n_total: int, fraction: float) -> int:
@@ -209,7 +261,7 @@ def torch_quantile(x: torch.Tensor, mask: torch.Tensor | None, q: float) -> torc
         xf = x.masked_fill(~mask, -math.inf if upper else math.inf)
     last = (n - 1).clamp(min=0)
     # q in x's dtype, the rank in float64, the weight back in x's dtype (as torch does).
-    q_x = torch.tensor(q, dtype=x.dtype).item()
+    q_x = _round_to(q, x.dtype)
     rank = last.to(torch.float64) * q_x
     below = rank.long()  # ranks are non-negative: truncation is floor
     above = rank.ceil().long()
@@ -226,6 +278,17 @@ def torch_quantile(x: torch.Tensor, mask: torch.Tensor | None, q: float) -> torc
     v_above = vals.gather(-1, i_above.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
     out = torch.lerp(v_below, v_above, weight)
     return torch.where(n > 0, out, torch.zeros_like(out))
+
+
+_NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+@cache
+def _round_to(q: float, dtype: torch.dtype) -> float:
+    """``q`` rounded to ``dtype`` (as ``torch.tensor(q, dtype=dtype).item()``), host-only."""
+    if dtype in _NUMPY_FLOATS:
+        return float(_NUMPY_FLOATS[dtype](q))
+    return torch.tensor(q, dtype=dtype).item()  # e.g. bfloat16: a host tensor, no device
 
 
 def standardize_brightness(x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 
 from histobag.errors import ConfigError, HistobagError
 from histobag.norm.base import StainNormalizer
-from histobag.norm.ops import lookup, min_pixels, standardize_brightness
+from histobag.norm.ops import device_table, lookup, min_pixels, standardize_brightness
 
 # D65 reference white (2 degree observer) and the CIE L*a*b* constants slideflow uses.
 _WHITE = (0.95047, 1.0, 1.08883)
@@ -47,10 +47,24 @@ _THRESHOLD = 0.93
 
 
 # ------------------------------------------------------------------------------ colour
-def _srgb_lut(device: torch.device) -> torch.Tensor:
-    """Linear RGB of the 256 uint8 levels, computed with slideflow's float32 operations."""
+@device_table
+def sf_srgb_table(device: torch.device) -> torch.Tensor:
+    """Linear RGB of the 256 uint8 levels, computed with slideflow's float32 operations.
+
+    Built on the device (as slideflow computes it there) once per device, then cached.
+    """
     c = torch.arange(256, dtype=torch.float32, device=device) / 255
     return torch.where(c > 0.04045, torch.pow((c + 0.055) / 1.055, 2.4), c / 12.92)
+
+
+@device_table
+def sf_white(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The D65 white ``(3, 1)`` as a tensor, once per device and dtype.
+
+    A tensor, not Python floats: dividing by a Python scalar may run as a multiplication by
+    its reciprocal (CUDA does), which would change the results' last bits.
+    """
+    return torch.tensor(_WHITE, device=device, dtype=dtype)[:, None]
 
 
 def sf_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -62,13 +76,13 @@ def sf_rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     Returns:
         float32 tensor of the same shape: L* in ``[0, 100]``, then a* and b*.
     """
-    lin = lookup(_srgb_lut(rgb.device), rgb)
+    lin = lookup(sf_srgb_table(rgb.device), rgb)
     r, g, b = lin.unbind(1)
     x = 0.412453 * r + 0.357580 * g + 0.180423 * b
     y = 0.212671 * r + 0.715160 * g + 0.072169 * b
     z = 0.019334 * r + 0.119193 * g + 0.950227 * b
     xyz = torch.stack([x, y, z], dim=1)
-    white = torch.tensor(_WHITE, device=xyz.device, dtype=xyz.dtype)[:, None]
+    white = sf_white(xyz.device, xyz.dtype)
     xyz = torch.div(xyz, white)
     power = torch.pow(xyz.clamp(min=_LAB_EPS), 1 / 3.0)
     linear = _LAB_KAPPA * xyz + 4.0 / 29.0
@@ -94,7 +108,7 @@ def sf_lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fz = (fy - (eb / 200.0)).clamp(min=0.0)
     f = torch.stack([fx, fy, fz], dim=1)
     xyz = torch.where(f > _LAB_F_EPS, torch.pow(f, 3.0), (f - 4.0 / 29.0) / _LAB_KAPPA)
-    white = torch.tensor(_WHITE, device=xyz.device, dtype=xyz.dtype)[:, None]
+    white = sf_white(xyz.device, xyz.dtype)
     x, y, z = (xyz * white).unbind(1)
     r = 3.2404813432005266 * x + -1.5371515162713185 * y + -0.4985363261688878 * z
     g = -0.9692549499965682 * x + 1.8759900014898907 * y + 0.0415559265582928 * z

@@ -176,6 +176,8 @@ class Vahadane(StainNormalizer):
     method: ClassVar[str] = "vahadane"
     fit_shapes: ClassVar[dict[str, tuple[int, ...]]] = {"stain_matrix": (2, 3)}
     default_preset: ClassVar[str] = "v2"
+    #: scikit-learn's dictionary learning runs on the CPU: each batch makes the round trip.
+    runs_on_host: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -217,6 +217,23 @@ class SlideEncoder(nn.Module):
         raise ExtractorArgumentError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
 
 
+def as_tensor(values: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``values`` as a tensor: a tensor stays where it is (only its dtype may change), a
+    numpy array or nested sequence becomes a CPU tensor. A tensor never goes through numpy,
+    which cannot hold one that lives on a GPU."""
+    if isinstance(values, torch.Tensor):
+        return values.detach() if dtype is None else values.detach().to(dtype)
+    return torch.as_tensor(np.asarray(values), dtype=dtype)
+
+
+def host_array(values: Any) -> np.ndarray:
+    """``values`` (coordinates: a few numbers per tile) as a numpy array; a tensor is
+    copied from its device first."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
 def check_layer(layer: Any, depth: int) -> int:
     """Validate an all-layer index (-depth-1 .. depth) and return it."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not -depth - 1 <= layer <= depth:
@@ -231,17 +248,17 @@ def check_layer(layer: Any, depth: int) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def tile_extent(coords: np.ndarray) -> int | None:
+def tile_extent(coords: np.ndarray | torch.Tensor) -> int | None:
     """Level-0 grid pitch of tile coordinates: the greatest common divisor of their offsets
     along both axes, or None for a single tile."""
-    xy = np.rint(np.asarray(coords, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    xy = np.rint(host_array(coords).astype(np.float64)).astype(np.int64).reshape(-1, 2)
     offsets = (xy - xy.min(axis=0)).ravel()
     pitch = int(np.gcd.reduce(offsets)) if len(offsets) else 0
     return pitch or None
 
 
 def to_model_grid(
-    coords: np.ndarray,
+    coords: np.ndarray | torch.Tensor,
     *,
     pitch_px: int,
     convention: str = "top_left",
@@ -256,7 +273,7 @@ def to_model_grid(
     no two grid positions can share a cell.
 
     Args:
-        coords: (N, 2) ``(x, y)`` level-0 coordinates.
+        coords: (N, 2) ``(x, y)`` level-0 coordinates (an array, or a tensor on any device).
         pitch_px: Level-0 step of the tile grid (the tile side; the stride for overlapping
             tiles).
         convention: ``"top_left"`` or ``"centre"`` (slideflow ``pt`` bags).
@@ -267,7 +284,7 @@ def to_model_grid(
     Raises:
         ExtractorArgumentError: A cell falls outside ``0 .. ngrids - 1``.
     """
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    coords = host_array(coords).astype(np.float64).reshape(-1, 2)
     if convention == "centre":
         coords = coords - (extent_px or pitch_px) // 2
     elif convention != "top_left":
@@ -317,11 +334,15 @@ class SlideEncoderExtractor(FeatureExtractor):
 
     def __call__(self, features: Any, coords: Any = None, **kwargs: Any) -> torch.Tensor:
         """Embedding (D,) float32 on the CPU of one slide's tile features (N, in_chans) and
-        level-0 top-left ``(x, y)`` coordinates (N, 2) on the model's 256 px grid."""
+        level-0 top-left ``(x, y)`` coordinates (N, 2) on the model's 256 px grid.
+
+        Either may be a tensor on any device (e.g. a tile encoder's output, on the GPU) or
+        an array; tensors go to the model's device directly, never through numpy.
+        """
         if coords is None or kwargs:
             self.forward_batch(features)  # raises: images, a WSI or a TFRecord were given
-        feats = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        xy = torch.as_tensor(np.asarray(coords))
+        feats = as_tensor(features, dtype=torch.float32)
+        xy = as_tensor(coords)
         if feats.ndim != 2 or feats.shape[1] != self.config.in_chans:
             raise ExtractorArgumentError(
                 f"{self.tag} needs features of shape (N, {self.config.in_chans}), "
@@ -346,8 +367,8 @@ class SlideEncoderExtractor(FeatureExtractor):
 
     def embed_bag(
         self,
-        features: np.ndarray,
-        coords: np.ndarray,
+        features: np.ndarray | torch.Tensor,
+        coords: np.ndarray | torch.Tensor,
         convention: str = "top_left",
         extent_px: int | None = None,
     ) -> torch.Tensor:

@@ -21,11 +21,14 @@ N x N matrix), and branches are merged into one running (output, log-sum-exp) ac
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from histobag.errors import HistobagWarning
 
 #: log-sum-exp the official code gives a (position, head) a branch does not cover.
 UNCOVERED_LSE = -1e8
@@ -44,15 +47,63 @@ def attention_with_lse_math(
     float32. Queries are processed in chunks so the score matrix stays small."""
     scale = q.shape[-1] ** -0.5
     rows = max(1, _MATH_CHUNK_ELEMENTS // max(1, q.shape[0] * q.shape[1] * k.shape[2]))
+    keys, values = k.float().transpose(-1, -2), v.float()  # once, not per chunk
     outs, lses = [], []
     for start in range(0, q.shape[2], rows):
-        scores = torch.matmul(q[:, :, start : start + rows].float(), k.float().transpose(-1, -2))
+        scores = torch.matmul(q[:, :, start : start + rows].float(), keys)
         scores = scores * scale
         lse = torch.logsumexp(scores, dim=-1)
         probs = torch.exp(scores - lse.unsqueeze(-1))
-        outs.append(torch.matmul(probs, v.float()).to(q.dtype))
+        outs.append(torch.matmul(probs, values).to(q.dtype))
         lses.append(lse)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+class AttentionFallbackWarning(HistobagWarning):
+    """The fused attention kernel failed and LongNet fell back to the slower float32
+    reference attention (:func:`attention_with_lse_math`)."""
+
+
+#: Whether :class:`AttentionFallbackWarning` was issued in this process (it is issued once).
+_fallback_warned = False
+
+
+def _efficient_kernel(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUDA's memory-efficient attention with its log-sum-exp (possibly padded)."""
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    return out, lse  # a function of its own, so tests can make it fail
+
+
+def efficient_attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_with_lse` through the memory-efficient kernel (CUDA), falling back to
+    :func:`attention_with_lse_math` where the kernel refuses the inputs (a dtype or shape this
+    GPU's kernel lacks), with an :class:`AttentionFallbackWarning` the first time."""
+    try:
+        out, lse = _efficient_kernel(q, k, v)
+    except (RuntimeError, NotImplementedError) as exc:
+        _warn_fallback(exc, q)
+        return attention_with_lse_math(q, k, v)
+    return out, lse[..., : q.shape[2]].float()  # lse may be padded to a multiple of 32
+
+
+def _warn_fallback(exc: BaseException, q: torch.Tensor) -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    warnings.warn(
+        f"The memory-efficient attention kernel failed on {q.device} for {q.dtype} inputs "
+        f"of shape {tuple(q.shape)} ({type(exc).__name__}: {detail}); the GigaPath slide "
+        "encoder falls back to float32 reference attention, which is slower and needs more "
+        "memory. Reported once per process.",
+        AttentionFallbackWarning,
+        stacklevel=2,
+    )
 
 
 def attention_with_lse(
@@ -62,7 +113,8 @@ def attention_with_lse(
 
     Public ``scaled_dot_product_attention`` does not return the log-sum-exp, which dilated
     attention needs; the fused kernels behind it do. CPU uses the same flash kernel SDPA
-    dispatches to, CUDA the memory-efficient kernel; anything else falls back to chunked math.
+    dispatches to, CUDA the memory-efficient kernel (see :func:`efficient_attention_with_lse`
+    for where it falls back); anything else uses chunked math.
 
     Args:
         q: Queries (B, H, L, D).
@@ -77,11 +129,7 @@ def attention_with_lse(
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
         return out, lse.float()
     if q.device.type == "cuda" and hasattr(aten, "_scaled_dot_product_efficient_attention"):
-        try:
-            out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-        except (RuntimeError, NotImplementedError):  # unsupported dtype/shape on this GPU
-            return attention_with_lse_math(q, k, v)
-        return out, lse[..., : q.shape[2]].float()  # lse may be padded to a multiple of 32
+        return efficient_attention_with_lse(q, k, v)
     return attention_with_lse_math(q, k, v)
 
 
