@@ -105,6 +105,27 @@ def to_float(tiles: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
 
 
+def card_preprocessing_gap(
+    name: str, card_transform: Callable[..., Any], tile_px: int, size: int
+) -> tuple[torch.Tensor, float]:
+    """histobag's on-device preprocessing of ``name`` against the model card's pipeline on two
+    real ``tile_px`` tiles: |ours − card's PIL pipeline| (PIL rounds resized pixels to uint8),
+    and the max gap to the card's pipeline run on float tensors (float precision).
+
+    ``card_transform(pil=True)`` takes a PIL image, ``card_transform(pil=False)`` a float batch.
+    """
+    from PIL import Image
+
+    tiles = histology_tiles(2, tile_px, seed=1)
+    pil = card_transform(pil=True)
+    expected = torch.stack([pil(Image.fromarray(tile)) for tile in tiles])
+    batch = torch.from_numpy(tiles).permute(0, 3, 1, 2)
+    ours = build_transform(histobag.extractor_info(name).preprocessing)(batch)
+    assert ours.shape == expected.shape == (2, 3, size, size)
+    on_tensors = float((ours - card_transform(pil=False)(to_float(tiles))).abs().max())
+    return (ours - expected).abs(), on_tensors
+
+
 def normalised(tiles: np.ndarray, norm: Norm = IMAGENET) -> torch.Tensor:
     """uint8 tiles (B, H, W, 3) as the float batch a reference model takes: /255, normalised."""
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in norm)

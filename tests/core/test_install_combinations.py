@@ -87,6 +87,14 @@ def test_core_plus_apache_has_no_gpl_or_noncommercial_model(targets):
     assert result["packs"] == ["histobag-apache"]
     assert "resnet50_imagenet" in result["names"]
     assert not {"ctranspath", "retccl", "uni", "phikon", "plip"} & set(result["names"])
+    assert "keep" in result["names"]  # MIT weights
+    assert not {"musk", "gpfm", "genbio-pathfm"} & set(result["names"])
+    assert not {"kaiko-vits8", "kaiko-vitl14", "lunit-vits8"} & set(result["names"])
+    assert "midnight-12k" in result["names"]  # MIT
+    assert {"hibou-b", "hibou-l"} <= set(result["names"])  # Apache-2.0
+    assert "h-optimus-1" not in result["names"]  # academic-research terms
+    assert not {"h0-mini", "h0-mini-cls-mean"} & set(result["names"])  # non-commercial
+    assert not {"conch", "conch-v1.5"} & set(result["names"])  # CC-BY-NC-ND-4.0
     assert all(not lic.startswith(("GPL", "CC-BY-NC")) for lic in result["licenses"])
     assert result["torch"] is False
 
@@ -95,6 +103,11 @@ def test_each_pack_adds_only_its_models(targets):
     apache = set(_listing(targets, ["apache"])["names"])
     gpl = set(_listing(targets, ["gpl"])["names"])
     nc = set(_listing(targets, ["noncommercial"])["names"])
+    assert {f"kaiko-vit{v}" for v in ("s8", "s16", "b8", "b16", "l14")} | {"lunit-vits8"} <= nc
+    assert "midnight-12k" not in nc
+    assert "h-optimus-1" in nc and not {"hibou-b", "hibou-l"} & nc
+    assert {"h0-mini", "h0-mini-cls-mean"} <= nc
+    assert {"conch", "conch-v1.5"} <= nc
     everything = _listing(targets, ["apache", "gpl", "noncommercial", "example"])
     assert set(everything["names"]) == apache | gpl | nc | {"example-colorstats"}
     assert not (apache & gpl or apache & nc or gpl & nc)

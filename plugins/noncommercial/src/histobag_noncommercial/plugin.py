@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
-from histobag_noncommercial import gigapath_specs, hf_specs, timm_specs
+from histobag_noncommercial import (
+    bioptimus_specs,
+    conch_specs,
+    genbio_specs,
+    gigapath_specs,
+    gpfm_specs,
+    hf_specs,
+    kaiko_specs,
+    lunit_specs,
+    musk_specs,
+    timm_specs,
+)
 
 
 @hookimpl
 def histobag_extractors() -> list[ExtractorSpec]:
-    """UNI, UNI2-h, Virchow2, GigaPath, Phikon, Phikon-v2 and PLIP."""
-    return [*timm_specs.specs(), *hf_specs.specs(), *gigapath_specs.specs()]
+    """UNI, UNI2-h, Virchow2, GigaPath, Phikon, Phikon-v2, PLIP, Kaiko, Lunit, MUSK, GPFM,
+    GenBio-PathFM, CONCH v1/v1.5, H-optimus-1 and H0-mini."""
+    return [
+        *timm_specs.specs(),
+        *hf_specs.specs(),
+        *gigapath_specs.specs(),
+        *kaiko_specs.specs(),
+        *lunit_specs.specs(),
+        *musk_specs.specs(),
+        *gpfm_specs.specs(),
+        *genbio_specs.specs(),
+        *conch_specs.specs(),
+        *bioptimus_specs.specs(),
+    ]
