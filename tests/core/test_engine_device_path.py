@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -263,3 +264,35 @@ def test_a_normalizer_that_computes_on_the_host_gets_the_tiles_before_the_copy(r
     batch = histobag.engine._to_device_batch(tiles, torch.device("meta"), normalizer)
     assert batch.device.type == "meta" and batch.shape == (2, 3, 8, 8)
     assert normalizer.seen == (["cpu"] if runs_on_host else ["meta"])
+
+
+REPEATED_RUNS = """
+import sys
+import histobag
+from histobag.engine import CollectSink, Job, run
+from histobag.tile_readers import OpenWSI
+from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM
+from tests.core.toy_models import registered
+with registered(PIXELNET):
+    fe = histobag.build_feature_extractor("pixelnet", device="cpu", mixed_precision=False)
+for _ in range(4):
+    sink = CollectSink()
+    jobs = [Job(f"s{i}", OpenWSI(p, TILE_PX, TILE_UM)) for i, p in enumerate(sys.argv[1:])]
+    run(fe, jobs, sink, batch_size=8, num_workers=2)
+    assert len(sink.results) == len(jobs) and not sink.failures
+print("ok")
+"""
+
+
+def test_run_after_run_with_forked_workers_in_one_process(slides):
+    # Workers are forked before the planning thread starts: a fork while it opened a slide
+    # could hand a worker a lock held forever (seen as a hang on a second run).
+    paths = [str(slides / f"slide-{i}.svs") for i in range(3)]
+    out = subprocess.run(
+        [sys.executable, "-c", REPEATED_RUNS, *paths],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -652,12 +652,12 @@ def run(
         job_order=job_order,
     )
     writer.start()
-    job_order.start()
     model_loop = _ModelLoop(extractor, jobs, writer, normalizer, tile_transforms, progress)
     try:
         # The DataLoader's pinning thread pins for the current device: make it the model's.
         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-            items = iter(loader)
+            items = iter(loader)  # forks the workers (if forking) before any planning thread
+            job_order.start()  # runs: a fork amid its slide opening could copy a held lock
             for item in items:
                 if writer.error is not None:
                     break
