@@ -132,3 +132,13 @@ def test_an_extractor_made_directly_on_a_bare_cuda_is_indexed(gpus):
         weights_source="random",
     )
     assert fe.device == torch.device("cuda", 1) and gpus.moves == [torch.device("cuda", 1)]
+
+
+def test_a_float32_model_stays_float32_under_auto(gpus):
+    """A spec with autocast_dtype="float32" (its official pipeline runs in fp32 only): "auto"
+    means float32 on every device; reduced precision is still there when asked for."""
+    a100 = torch.device("cuda", 1)
+    for where in (a100, torch.device("cpu")):
+        assert base.select_precision(where, True, "float32", "auto") == "float32"
+    assert base.select_precision(a100, True, "float32", "bf16") == "bfloat16"
+    assert base.select_precision(a100, True, "float32", "fp16") == "float16"

@@ -17,10 +17,16 @@ HEADER = (
 )
 
 
-def _rows() -> dict[str, list[str]]:
-    """Model name → the cells of its row in the pathology table."""
+SLIDE_HEADER = (
+    "| model | pack | licence | features | tile encoder | tiles | gated | "
+    "weights (Hugging Face) | citation | parity verified against (max abs diff, fp32) |"
+)
+
+
+def _rows(header: str = HEADER) -> dict[str, list[str]]:
+    """Model name → the cells of its row in the table under ``header``."""
     lines = DOC.read_text().splitlines()
-    start = lines.index(HEADER) + 2
+    start = lines.index(header) + 2
     rows: dict[str, list[str]] = {}
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -32,6 +38,7 @@ def _rows() -> dict[str, list[str]]:
 
 
 ROWS = _rows()
+SLIDE_ROWS = _rows(SLIDE_HEADER)
 #: Named models documented elsewhere on the page (ImageNet, your own checkpoints) or examples.
 ELSEWHERE = {"dinov2", "simclr", "example-colorstats"}
 
@@ -45,7 +52,28 @@ def _pathology_models() -> list[str]:
 
 
 def test_every_named_pathology_model_has_a_row():
-    assert sorted(set(_pathology_models()) - set(ROWS)) == []
+    assert sorted(set(_pathology_models()) - set(ROWS) - set(SLIDE_ROWS)) == []
+
+
+def test_slide_encoders_are_in_their_own_table():
+    slide_encoders = set(histobag.list_extractors(kind="tile_features"))
+    assert slide_encoders == set(SLIDE_ROWS)
+    assert not slide_encoders & set(ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(SLIDE_ROWS))
+def test_a_slide_encoder_row_says_what_it_needs(name):
+    info = histobag.extractor_info(name)
+    _, pack, licence, features, tile_encoder, tiles, gated, *_ = SLIDE_ROWS[name]
+    assert (pack, licence.split(" ")[0], features) == (
+        info.pack,
+        info.license,
+        str(info.num_features),
+    )
+    needs = info.slide_input
+    assert re.findall(r"`([^`]+)`", tile_encoder) == list(needs.tile_encoders)
+    assert tiles == f"{needs.tile_px} px at {needs.magnification:g}x"
+    assert gated == ("yes" if info.gated else "no")
 
 
 @pytest.mark.parametrize("name", sorted(ROWS))

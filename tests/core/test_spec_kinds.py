@@ -11,14 +11,28 @@ import histobag
 from histobag.bags import generate as generate_module
 from histobag.cli import main
 from histobag.errors import ArgumentError, ExtractorArgumentError, PluginError
+from histobag.extractors.base import ModelBuild
 from histobag.extractors.registry import require_tile_encoder
+from histobag.slide_encoding import SlideEncoderExtractor
 from histobag.specs import EXTRACTOR_KINDS
-from tests.core.toy_models import registered, toy_spec
+from tests.core.toy_models import build_toy, registered, toy_spec
+
+
+def build_toy_slide(spec, *, width: int = 8) -> ModelBuild:
+    """The toy network, as a slide encoder (its class is what makes it one)."""
+    return ModelBuild(module=build_toy(spec, width=width), extractor_cls=SlideEncoderExtractor)
 
 
 def slide_toy(**changes):
     """A toy slide encoder consuming the toy tile encoder's features."""
-    fields = dict(name="toy.slide", aliases=(), kind="tile_features", tile_encoder="toy", tags=())
+    fields = dict(
+        name="toy.slide",
+        aliases=(),
+        kind="tile_features",
+        tile_encoder="toy",
+        tags=(),
+        factory=build_toy_slide,
+    )
     fields.update(changes)
     return toy_spec(**fields)
 
@@ -71,11 +85,18 @@ def test_list_extractors_filters_by_kind():
         histobag.list_extractors(kind="slide")
 
 
-def test_installed_slide_encoder_is_gigapath_slide():
+def test_installed_slide_encoders_name_installed_tile_encoders():
     spec = histobag.extractor_info("gigapath.slide")
     assert spec.kind == "tile_features" and spec.tile_encoder == "gigapath.tile"
-    assert histobag.extractor_info(spec.tile_encoder).kind == "tiles"
-    assert histobag.list_extractors(kind="tile_features") == ["gigapath.slide"]
+    slides = histobag.list_extractors(kind="tile_features")
+    assert "gigapath.slide" in slides
+    for name in slides:
+        spec = histobag.extractor_info(name)
+        assert (
+            spec.slide_input is not None and spec.tile_encoder == spec.slide_input.tile_encoders[0]
+        )
+        for tile_encoder in spec.slide_input.tile_encoders:
+            assert histobag.extractor_info(tile_encoder).kind == "tiles", (name, tile_encoder)
 
 
 def test_generate_feature_bags_refuses_gigapath_slide_before_reading(tmp_path, no_slide_opened):
@@ -130,7 +151,8 @@ def test_cli_extract_refuses_a_slide_encoder_before_the_dataset(tmp_path, monkey
 def test_cli_list_shows_and_filters_kinds(capsys):
     assert main(["list", "--kind", "tile_features"]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert [row.split()[:2] for row in rows] == [["gigapath.slide", "tile_features"]]
+    slides = histobag.list_extractors(kind="tile_features")
+    assert [row.split()[:2] for row in rows] == [[name, "tile_features"] for name in slides]
 
     assert main(["list", "--kind", "tiles"]) == 0
     names = [row.split()[0] for row in capsys.readouterr().out.splitlines()[2:]]
@@ -139,17 +161,20 @@ def test_cli_list_shows_and_filters_kinds(capsys):
 
     assert main(["list", "--json", "--kind", "tile_features"]) == 0
     specs = json.loads(capsys.readouterr().out)
-    assert [(s["name"], s["kind"], s["tile_encoder"]) for s in specs] == [
-        ("gigapath.slide", "tile_features", "gigapath.tile")
-    ]
+    assert [(s["name"], s["kind"]) for s in specs] == [(n, "tile_features") for n in slides]
+    gigapath = next(s for s in specs if s["name"] == "gigapath.slide")
+    assert gigapath["tile_encoder"] == "gigapath.tile"
+    assert gigapath["slide_input"]["tile_px"] == 256
     with pytest.raises(SystemExit):
         main(["list", "--kind", "slides"])
 
 
 def test_cli_info_shows_the_kind(capsys):
     assert main(["info", "gigapath.slide"]) == 0
-    kind = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("kind"))
-    assert "tile_features" in kind and "gigapath.tile" in kind
+    out = capsys.readouterr().out
+    kind = next(line for line in out.splitlines() if line.startswith("kind"))
+    assert "tile_features" in kind and "gigapath.tile features of 256 px tiles at 20x" in kind
+    assert "needs:" in out and "preprocessing" not in out  # no image input to preprocess
     assert main(["info", "gigapath.tile"]) == 0
     kind = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("kind"))
     assert kind.split()[1] == "tiles"

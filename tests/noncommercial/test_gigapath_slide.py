@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from timm.models import VisionTransformer
 
 import histobag
-from histobag import ExtractorSpec, Preprocessing
+from histobag import ExtractorSpec, Preprocessing, SlideInput
 from histobag.bags.read import read_bag
 from histobag.errors import ConfigError, ExtractorArgumentError
 from histobag.extractors.base import ModelBuild
+from histobag.geometry import grid_pitch
 from histobag.slide import WSI
 from histobag.slide.samples import sample_slide
+from histobag.slide_encoding.pipeline import EMBEDDINGS_CONFIG
 from histobag_noncommercial import gigapath_slide as gs
 from histobag_noncommercial import gigapath_specs, longnet
 from tests.core.toy_models import registered as registered_specs
@@ -59,6 +61,8 @@ def registered() -> Iterator[None]:
         slide.replace(
             name="gigapath.slide-small",
             aliases=(),
+            tile_encoder=None,
+            slide_input=SlideInput(("gigapath.tile-tiny",), tile_px=TILE_PX, magnification=20),
             factory=small_slide,
             hf_repo=None,
             hf_filename=None,
@@ -85,7 +89,7 @@ def fixture_data() -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def small() -> gs.SlideEncoderExtractor:
+def small() -> gs.GigaPathSlideExtractor:
     return gs.build_slide_encoder(
         FIXTURES / "slide_encoder_small.pth",
         device="cpu",
@@ -125,7 +129,7 @@ def test_fixture_every_output(small, fixture_data):
                 torch.testing.assert_close(value, expected, atol=TOL, rtol=TOL)
                 worst = max(worst, float((value - expected).abs().max()))
             # The extractor's default is the official pipeline's last_layer_embed.
-            default = small(emb[0], xy[0])
+            default = small.embed_model_grid(emb[0], xy[0])
             assert default.shape == (SMALL.embed_dim,)
             torch.testing.assert_close(default, got[f"all_layer_{SMALL.depth}"][0])
     assert worst < 1e-5
@@ -166,7 +170,10 @@ def test_options_select_the_right_output(fixture_data):
             **kwargs,
         )
         torch.testing.assert_close(
-            enc(emb, xy), torch.from_numpy(outputs[f"L50u_{key}"][0]), atol=TOL, rtol=TOL
+            enc.embed_model_grid(emb, xy),
+            torch.from_numpy(outputs[f"L50u_{key}"][0]),
+            atol=TOL,
+            rtol=TOL,
         )
         assert enc.dump_config()["kwargs"]["layer"] == kwargs["layer"]
     with pytest.raises(ExtractorArgumentError, match="layer must be"):
@@ -285,8 +292,8 @@ def test_specs_are_listed():
 
 def test_coordinate_conversion():
     top_left = np.array([[0, 0], [16, 0], [48, 32], [160, 16]])
-    assert gs.tile_extent(top_left) == 16
-    assert gs.tile_extent(top_left[:1]) is None
+    assert grid_pitch(top_left) == 16
+    assert grid_pitch(top_left[:1]) is None
     grid = gs.to_model_grid(top_left, pitch_px=16)
     assert grid.tolist() == [[0, 0], [256, 0], [768, 512], [2560, 256]]
     centres = top_left + 8
@@ -320,7 +327,7 @@ def _tiny_pipeline(**kwargs):
 
 def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
     pipe = _tiny_pipeline(mixed_precision=False)
-    assert isinstance(pipe.slide, gs.SlideEncoderExtractor)
+    assert isinstance(pipe.slide, gs.GigaPathSlideExtractor)
     assert pipe.tile.tag == "gigapath.tile-tiny" and pipe.num_features == 256
     wsi = WSI(slide_path, TILE_PX, TILE_UM)
     direct = pipe(wsi, batch_size=64, num_workers=0)
@@ -336,11 +343,11 @@ def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
         features, coords, convention = read_bag(bags, "slide-0")
         assert len(features) > 50 and convention == ("centre" if writer == "pt" else "top_left")
         out = tmp_path / f"embeddings-{writer}"
-        assert pipe.slide.generate_and_save(bags, out) == {}
+        assert pipe.slide.generate_and_save(bags, out).ok
         saved = torch.load(out / "slide-0.pt", weights_only=True)
         assert saved.dtype == torch.float32 and saved.shape == (256,)
         torch.testing.assert_close(saved, direct, atol=1e-5, rtol=1e-5)
-        config = json.loads((out / gs.EMBEDDINGS_CONFIG).read_text())
+        config = json.loads((out / EMBEDDINGS_CONFIG).read_text())
         assert config["slide_encoder"]["extractor"] == "gigapath.slide-small"
         assert config["bags_config"]["writer"] == writer
         assert not list(out.glob(".histobag-tmp-*"))
@@ -350,7 +357,7 @@ def test_gigapath_end_to_end_equals_bags(slide_path, tmp_path):
     )
     with pytest.raises(ConfigError, match="another configuration"):
         other.generate_and_save(bags, out)
-    assert other.generate_and_save(bags, out, overwrite=True) == {}
+    assert other.generate_and_save(bags, out, overwrite=True).ok
     assert not torch.equal(torch.load(out / "slide-0.pt", weights_only=True), direct)
     with pytest.raises(ExtractorArgumentError, match="whole slides"):
         pipe.forward_batch(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))

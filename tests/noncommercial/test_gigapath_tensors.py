@@ -50,7 +50,7 @@ def registered() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def small() -> gs.SlideEncoderExtractor:
+def small() -> gs.GigaPathSlideExtractor:
     return gs.build_slide_encoder(
         FIXTURES / "slide_encoder_small.pth", device="cpu", mixed_precision=False, name=SMALL
     )
@@ -77,7 +77,8 @@ def _inputs(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
 def test_tensor_inputs_never_go_through_numpy(small, monkeypatch):
     features, coords = _inputs()
     expected = small(features, coords)
-    expected_bag = small.embed_bag(features, coords // 16)  # 16 px tiles: converted
+    assert torch.equal(small.embed_model_grid(features, coords), expected)  # a 256 px grid
+    expected_bag = small.embed_bag(features, coords // 16)  # 16 px tiles: the same cells
     with monkeypatch.context() as patch:
         patch.setattr(torch.Tensor, "numpy", lambda *a: pytest.fail("numpy"))
         patch.setattr(torch.Tensor, "__array__", lambda *a: pytest.fail("numpy"))
@@ -112,7 +113,7 @@ def test_inputs_go_to_the_models_device(source, no_numpy):
     if source != "numpy":
         features = torch.from_numpy(features).to(source)
         coords = torch.from_numpy(coords).to(source)
-    assert fe(features, coords).shape == (fe.config.embed_dim,)
+    assert fe.embed_model_grid(features, coords).shape == (fe.config.embed_dim,)
     meta = torch.device("meta")
     assert recorder.seen == [(meta, torch.float32, meta, torch.int64)]
 

@@ -21,7 +21,7 @@ from histobag.plugins import (
     register_plugin,
     unregister_plugin,
 )
-from histobag.specs import BagWriterSpec, ExtractorSpec, Preprocessing, TransformSpec
+from histobag.specs import BagWriterSpec, ExtractorSpec, Preprocessing, SlideInput, TransformSpec
 
 if TYPE_CHECKING:
     from histobag.analysis import DatasetFeatures, Features, Mosaic, SlideMap
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from histobag.extractors.saved import save_model
     from histobag.project import Project
     from histobag.slide import WSI
+    from histobag.slide_encoding import SlideEncoderExtractor, generate_slide_embeddings, zero_shot
 
 # Public names loaded lazily: name -> module that defines it.
 _LAZY = {
@@ -48,6 +49,9 @@ _LAZY = {
     "Mosaic": "histobag.analysis",
     "data": "histobag.data",
     "save_model": "histobag.extractors.saved",
+    "SlideEncoderExtractor": "histobag.slide_encoding",
+    "generate_slide_embeddings": "histobag.slide_encoding",
+    "zero_shot": "histobag.slide_encoding",
 }
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "ExtractorSpec",
     "HistobagError",
     "Preprocessing",
+    "SlideInput",
     "TransformSpec",
     "__version__",
     "build_feature_extractor",
@@ -73,12 +78,15 @@ __all__ = [
     "ModelBuild",
     "Mosaic",
     "Project",
+    "SlideEncoderExtractor",
     "SlideMap",
     "WSI",
     "data",
     "generate_feature_bags",
+    "generate_slide_embeddings",
     "rebuild_extractor",
     "save_model",
+    "zero_shot",
 ]
 
 

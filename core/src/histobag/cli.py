@@ -98,6 +98,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         weights = f"{spec.weights_url} file {spec.hf_filename} ({access})"
     elif spec.weights_required:
         weights = "pass weights=/path/to/checkpoint (downloaded per architecture, if any)"
+        if spec.weights_help:
+            weights += f"; {spec.weights_help}"
     fields = [
         ("name", spec.name),
         ("aliases", ", ".join(spec.aliases) or "-"),
@@ -106,7 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("pack", f"{spec.pack} {spec.version}".strip()),
         ("licence", f"{spec.license}  {spec.license_url}".strip()),
         ("features", spec.num_features if spec.num_features is not None else "depends on args"),
-        ("input size", spec.input_size),
+        ("input size", spec.input_size if spec.kind == "tiles" else "tile features"),
         ("tags", ", ".join(spec.tags) or "-"),
         ("weights", weights),
         ("official sha256", spec.sha256 or "-"),
@@ -115,8 +117,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key:<{width}}  {value}")
-    print("\npreprocessing (default):")
-    print("  " + spec.preprocessing.describe().replace("\n", "\n  "))
+    if spec.kind == "tiles":
+        print("\npreprocessing (default):")
+        print("  " + spec.preprocessing.describe().replace("\n", "\n  "))
+    elif spec.slide_input is not None:
+        print("\nneeds:")
+        print(f"  {spec.slide_input.describe()}")
+        print(f"  coordinates: {spec.slide_input.coordinates}")
     print("\ncitation:")
     print("  " + (spec.citation or "-").replace("\n", "\n  "))
     return 0
@@ -126,7 +133,10 @@ def _kind_line(spec: Any) -> str:
     """``histobag info``'s line saying what the model consumes."""
     if spec.kind == "tiles":
         return "tiles (a tile encoder: tiles in, one feature vector per tile)"
-    source = f"{spec.tile_encoder} features" if spec.tile_encoder else "tile features"
+    if spec.slide_input is not None:
+        source = spec.slide_input.describe()
+    else:
+        source = f"{spec.tile_encoder} features" if spec.tile_encoder else "tile features"
     return f"{spec.kind} (a slide encoder: consumes {source}; not for feature bags)"
 
 
@@ -160,9 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("extract", help="write one feature bag per slide")
-    p.add_argument("--extractor", required=True, help="registered extractor name")
+    p = sub.add_parser(
+        "extract",
+        help="write one feature bag per slide (and, with --slide-encoder, slide embeddings)",
+    )
+    p.add_argument(
+        "--extractor",
+        help="registered tile encoder (with --slide-encoder: default the one it needs)",
+    )
     p.add_argument("--weights", help="local checkpoint (default: the official download)")
+    slide = p.add_argument_group(
+        "slide embeddings",
+        "--slide-encoder NAME runs the tile encoder it needs, at the tile size and "
+        "magnification it was trained on, into OUTDIR/bags/<tile encoder> (matching bags "
+        "there are reused), then writes one embedding per slide and a table to "
+        "OUTDIR/slide_embeddings/<slide encoder>.",
+    )
+    slide.add_argument("--slide-encoder", help="slide encoder (histobag list --kind tile_features)")
+    slide.add_argument(
+        "--slide-encoder-weights", help="local slide encoder checkpoint (default: download)"
+    )
+    slide.add_argument(
+        "--force",
+        action="store_true",
+        help="use another tile encoder, tile size or magnification than the slide encoder was "
+        "trained on (recorded with the embeddings)",
+    )
+    slide.add_argument(
+        "--table", default="h5", choices=("h5", "parquet"), help="format of the embeddings table"
+    )
     p.add_argument(
         "--device",
         default="auto",
@@ -187,8 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--project", help="histobag project folder")
     p.add_argument("--annotations", help="CSV with a 'slide' column (with --slides)")
     p.add_argument("--roi", help="folder of ROI files <slide>.geojson/.json/.csv (with --slides)")
-    p.add_argument("--tile-px", type=int, required=True, help="tile side in pixels")
-    p.add_argument("--tile-um", required=True, help="tile side in microns, or e.g. 20x")
+    p.add_argument(
+        "--tile-px", type=int, help="tile side in pixels (with --slide-encoder: its own)"
+    )
+    p.add_argument(
+        "--tile-um", help="tile side in microns, or e.g. 20x (with --slide-encoder: its own)"
+    )
     p.add_argument("--outdir", help="bags folder (default with --project: <project>/bags/...)")
     p.add_argument("--writer", default="pt", help="pt | h5 | safetensors | a pack's writer")
     p.add_argument(
@@ -290,6 +330,37 @@ def _check_extract_args(args: argparse.Namespace) -> dict[str, Any]:
             file or lies under one.
         StorageError: ``--outdir`` is not writable.
     """
+    if args.slide_encoder is None:
+        missing = [
+            flag
+            for flag, value in (
+                ("--extractor", args.extractor),
+                ("--tile-px", args.tile_px),
+                ("--tile-um", args.tile_um),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ArgumentError(
+                f"extract needs {', '.join(missing)} (or --slide-encoder NAME, which brings "
+                "its own)."
+            )
+    elif args.project is None and not args.outdir:
+        raise ArgumentError("--outdir is required with --slides.")
+    if args.slide_encoder is not None:
+        # Deferred: the check reads slide geometry helpers, which `histobag list` does not need.
+        from histobag.slide_encoding.plan import plan_slide_run
+
+        plan = plan_slide_run(
+            args.slide_encoder,
+            args.outdir or Path(args.project) / "slide_runs",
+            tile_encoder=args.extractor,
+            tile_px=args.tile_px,
+            tile_um=args.tile_um,
+            force=args.force,
+        )
+        args.extractor, args.tile_px, args.tile_um = plan.tile_encoder, plan.tile_px, plan.tile_um
+        args.slide_plan = plan
     _, tile_um = validation.check_tile_size(
         args.tile_px, args.tile_um, names=("--tile-px", "--tile-um")
     )
@@ -332,9 +403,11 @@ def _check_extract_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_extract(args: argparse.Namespace) -> int:
     """Extract feature bags.
 
-    Exit status: 0 when every slide has a bag; 1 when a slide failed (after finishing the
-    others), or with ``--strict`` when no bag results at all; 2 for bad options.
+    Exit status: 0 when every slide has a bag (and, with ``--slide-encoder``, an embedding);
+    1 when a slide failed (after finishing the others), or with ``--strict`` when no bag
+    results at all; 2 for bad options.
     """
+    args.slide_plan = None
     checked = _check_extract_args(args)
     require_tile_encoder(args.extractor)  # a slide encoder is refused before any slide is read
     # Deferred: slides (OpenSlide, pandas) and the engine (torch) load only when extracting.
@@ -394,10 +467,46 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 extractor, dataset, outdir=args.outdir or "auto", **options
             )
         else:
-            report = generate_feature_bags(extractor, dataset, args.outdir, **options)
+            outdir = args.slide_plan.bags_dir if args.slide_plan else args.outdir
+            report = generate_feature_bags(extractor, dataset, outdir, **options)
     # The whole run's report: every process's, merged (the same table for one process).
     merged = merge_run_report(report.outdir, report.owner.get("token")) or report.to_dict()
-    return _print_report(merged, strict=args.strict)
+    status = _print_report(merged, strict=args.strict)
+    if args.slide_plan is None:
+        return status
+    return max(status, _slide_embeddings(args, report.outdir, device))
+
+
+def _slide_embeddings(args: argparse.Namespace, bags_dir: Path, device: Any) -> int:
+    """The slide stage of ``extract --slide-encoder``: every bag of ``bags_dir`` embedded."""
+    # Deferred: the slide encoders import torch and the engine.
+    from histobag.extractors.registry import build_feature_extractor
+    from histobag.slide_encoding import generate_slide_embeddings
+
+    plan = args.slide_plan
+    encoder = build_feature_extractor(
+        plan.slide_encoder,
+        weights=args.slide_encoder_weights,
+        device=device,
+        precision=args.precision,
+    )
+    outdir = plan.embeddings_dir
+    if args.project and not args.outdir:
+        outdir = Path(args.project) / "slide_embeddings" / plan.embeddings_dir.name
+    report = generate_slide_embeddings(
+        encoder,
+        bags_dir,
+        outdir,
+        force=args.force,
+        overwrite=args.overwrite,
+        table=args.table,
+    )
+    print(f"slide embeddings ({plan.slide_encoder}): {report.summary()}")
+    for slide, reason in report.failed.items():
+        print(f"error: slide {slide}: {reason}", file=sys.stderr)
+    for mismatch in report.check.mismatches:
+        print(f"warning: forced: {mismatch}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _print_report(report: dict[str, Any], strict: bool = False) -> int:

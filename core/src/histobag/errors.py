@@ -77,6 +77,11 @@ class ConfigError(HistobagError):
     """A configuration file (bags_config.json, project.json...) is missing, invalid or tampered."""
 
 
+class IncompatibleBagsError(ConfigError):
+    """Bags were made by another tile encoder, or at another tile size or magnification, than
+    a slide encoder was trained on."""
+
+
 class TileAccountingError(HistobagError):
     """A slide's tiles were not each accounted for exactly once (kept with features, or filtered).
 

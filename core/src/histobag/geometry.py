@@ -60,3 +60,18 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
+def grid_pitch(coords: np.ndarray) -> int | None:
+    """Level-0 step of a tile grid from its tiles' coordinates: the greatest common divisor
+    of their offsets on both axes (None for fewer than two distinct positions).
+
+    Equals the tile's level-0 side for histobag's (non-overlapping) grids; the stride when
+    tiles overlap. Works for corners and centres alike.
+    """
+    xy = np.rint(np.asarray(coords, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    if not len(xy):
+        return None
+    offsets = (xy - xy.min(axis=0)).ravel()
+    pitch = int(np.gcd.reduce(offsets))
+    return pitch or None

@@ -87,6 +87,54 @@ EXTRACTOR_KINDS = ("tiles", "tile_features")
 
 
 @dataclass(frozen=True)
+class SlideInput:
+    """What a slide encoder needs from its bags: which tile encoder, at which tile geometry.
+
+    Slide encoders are trained on the features of one tile encoder, from tiles of one size at
+    one magnification; bags made otherwise give embeddings that look fine and mean nothing.
+    histobag refuses such bags (unless forced), naming what it found and what is needed.
+
+    Attributes:
+        tile_encoders: Registered names of the tile encoders whose features the model takes;
+            the first is the one run when histobag makes the bags itself.
+        tile_px: Tile side in pixels at :attr:`magnification` (None: any).
+        magnification: Objective magnification of the tiles: 20 is 0.5 µm/px, 10 is 1 µm/px
+            (None: any).
+        coordinates: How the model uses tile coordinates, in one line (for docs and listings).
+    """
+
+    tile_encoders: tuple[str, ...]
+    tile_px: int | None = None
+    magnification: float | None = None
+    coordinates: str = "ignored"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile_encoders", tuple(self.tile_encoders))
+        if not self.tile_encoders:
+            raise PluginError("SlideInput needs at least one tile encoder name")
+
+    @property
+    def tile_um(self) -> float | None:
+        """Tile side in µm (``tile_px`` at ``magnification``, 10x = 1 µm/px), if both are set."""
+        if self.tile_px is None or self.magnification is None:
+            return None
+        return self.tile_px * 10.0 / self.magnification
+
+    def describe(self) -> str:
+        """E.g. ``"conch-v1.5 features of 512 px tiles at 20x"``."""
+        encoders = " or ".join(self.tile_encoders)
+        size = f"{self.tile_px} px" if self.tile_px else "any size of"
+        mag = f" at {self.magnification:g}x" if self.magnification else " at any magnification"
+        return f"{encoders} features of {size} tiles{mag}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        out = dataclasses.asdict(self)
+        out["tile_encoders"] = list(self.tile_encoders)
+        return out
+
+
+@dataclass(frozen=True)
 class ExtractorSpec:
     """What a pack declares about one feature extractor.
 
@@ -111,17 +159,24 @@ class ExtractorSpec:
         hf_revision: Pinned revision (branch, tag or commit); ``None`` means the default branch.
         gated: Whether ``hf_repo`` needs approval on its model page.
         sha256: Digest of the official checkpoint; a different file triggers a warning.
+        weights_help: Where to get the official weights when they are not on Hugging Face
+            (one sentence with a URL); said when weights are missing.
         checkpoint_keys: Nesting keys unwrapped from a loaded checkpoint, tried in order
             (e.g. ``("model",)`` for ``{'model': state_dict}``).
         weights_required: If False the model is usable without weights (e.g. it has none).
-        autocast_dtype: ``"bfloat16"`` or ``"float16"``, the reduced precision used on CUDA.
+        autocast_dtype: ``"bfloat16"`` or ``"float16"``, the reduced precision used on CUDA;
+            ``"float32"`` for a model whose official pipeline runs in float32 only
+            (``precision="auto"`` then means float32; bf16/fp16 can still be asked for).
         model_kwargs: Keyword arguments the factory accepts (validated before building).
         required_kwargs: Those of ``model_kwargs`` that must be given.
         kind: What the model consumes, one of :data:`EXTRACTOR_KINDS`: ``"tiles"`` (a tile
             encoder, the default) or ``"tile_features"`` (a slide encoder, refused where
             feature bags are made).
         tile_encoder: For a slide encoder, the registered name of the tile encoder whose
-            features it consumes (e.g. ``"gigapath.tile"``); named in error messages.
+            features it consumes (e.g. ``"gigapath.tile"``); named in error messages. Filled
+            in from ``slide_input`` when that is given.
+        slide_input: For a slide encoder, the tile encoders and tile geometry its bags must
+            have (:class:`SlideInput`).
         distribution: Distribution that registered this spec (filled in by the plugin manager).
         version: That distribution's version (filled in by the plugin manager).
     """
@@ -142,6 +197,7 @@ class ExtractorSpec:
     hf_revision: str | None = None
     gated: bool = False
     sha256: str | None = None
+    weights_help: str = ""
     checkpoint_keys: tuple[str, ...] = ()
     weights_required: bool = True
     autocast_dtype: str = "bfloat16"
@@ -149,6 +205,7 @@ class ExtractorSpec:
     required_kwargs: tuple[str, ...] = ()
     kind: str = "tiles"
     tile_encoder: str | None = None
+    slide_input: SlideInput | None = None
     distribution: str = ""
     version: str = ""
 
@@ -160,19 +217,24 @@ class ExtractorSpec:
             )
         if not isinstance(self.factory, str) and not callable(self.factory):
             raise PluginError(f"Extractor {self.name!r}: factory must be a 'module:attr' string")
-        if self.autocast_dtype not in ("bfloat16", "float16"):
+        if self.autocast_dtype not in ("bfloat16", "float16", "float32"):
             raise PluginError(
-                f"Extractor {self.name!r}: autocast_dtype must be 'bfloat16' or 'float16'"
+                f"Extractor {self.name!r}: autocast_dtype must be 'bfloat16', 'float16' or "
+                "'float32'"
             )
         if self.kind not in EXTRACTOR_KINDS:
             raise PluginError(
                 f"Extractor {self.name!r}: kind must be one of {', '.join(EXTRACTOR_KINDS)} "
                 f"(what the model consumes), not {self.kind!r}"
             )
-        if self.tile_encoder is not None and self.kind != "tile_features":
+        if self.slide_input is not None and self.tile_encoder is None:
+            object.__setattr__(self, "tile_encoder", self.slide_input.tile_encoders[0])
+        if (
+            self.tile_encoder is not None or self.slide_input is not None
+        ) and self.kind != "tile_features":
             raise PluginError(
-                f"Extractor {self.name!r}: tile_encoder names the tile encoder a slide "
-                "encoder consumes; give it with kind='tile_features' only"
+                f"Extractor {self.name!r}: tile_encoder and slide_input describe what a "
+                "slide encoder consumes; give them with kind='tile_features' only"
             )
         for name in ("aliases", "tags", "checkpoint_keys", "model_kwargs", "required_kwargs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -201,11 +263,43 @@ class ExtractorSpec:
         """JSON-able form (used by ``histobag info --json`` and the docs)."""
         out = dataclasses.asdict(self)
         out["preprocessing"] = self.preprocessing.to_dict()
+        out["slide_input"] = self.slide_input.to_dict() if self.slide_input else None
         if not isinstance(self.factory, str):
             out["factory"] = f"{self.factory.__module__}:{self.factory.__qualname__}"
         for key in ("aliases", "tags", "checkpoint_keys", "model_kwargs", "required_kwargs"):
             out[key] = list(out[key])
         return out
+
+
+#: Prefix of the mean-pooling slide encoders: ``mean:<tile encoder>``.
+MEAN_POOLING_PREFIX = "mean:"
+
+
+def mean_pooling_spec(tile_encoder: ExtractorSpec) -> ExtractorSpec:
+    """The slide encoder ``mean:<tile encoder>``: the mean of that encoder's tile features.
+
+    It has no weights of its own; it carries the tile encoder's licence and citation (the
+    features are that model's), and takes bags of any tile size and magnification.
+    """
+    if tile_encoder.kind != "tiles":
+        raise PluginError(
+            f"mean pooling takes a tile encoder's features; {tile_encoder.name} is a slide encoder"
+        )
+    return ExtractorSpec(
+        name=f"{MEAN_POOLING_PREFIX}{tile_encoder.name}",
+        factory="histobag.slide_encoding.mean_pooling:build_mean_pooling",
+        license=tile_encoder.license,
+        license_url=tile_encoder.license_url,
+        citation=tile_encoder.citation,
+        num_features=tile_encoder.num_features,
+        description=f"mean of a slide's {tile_encoder.name} tile features",
+        tags=("slide-encoder", "mean-pooling"),
+        weights_required=False,
+        kind="tile_features",
+        slide_input=SlideInput((tile_encoder.name,), coordinates="ignored"),
+        distribution=tile_encoder.distribution,
+        version=tile_encoder.version,
+    )
 
 
 def import_object(path: str, *, what: str) -> Any:

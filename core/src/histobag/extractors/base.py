@@ -170,7 +170,8 @@ def select_precision(
     Args:
         device: Where the model runs.
         mixed_precision: False is ``precision="fp32"``.
-        autocast_dtype: The spec's reduced precision on CUDA (``"auto"``).
+        autocast_dtype: The spec's reduced precision on CUDA (``"auto"``); ``"float32"``
+            makes ``"auto"`` mean float32 everywhere.
         precision: One of :data:`PRECISIONS`.
 
     Raises:
@@ -195,6 +196,8 @@ def select_precision(
                 f"precision={instead}, or 'auto' (the fastest this device supports)."
             )
         return dtype
+    if autocast_dtype == "float32":  # the official pipeline runs in fp32: so does "auto"
+        return "float32"
     if device.type == "cuda":
         if autocast_dtype == "bfloat16" and not cuda_supports_bf16(device):
             return "float16"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from histobag.errors import ExtractorArgumentError, WeightsError, WeightsNotFoundError
+from histobag.errors import ExtractorArgumentError, PluginError, WeightsError, WeightsNotFoundError
 from histobag.extractors import weights as wt
 from histobag.extractors.base import (
     FeatureExtractor,
@@ -131,6 +131,13 @@ def build_extractor(
     )
 
     cls = build.extractor_cls or FeatureExtractor
+    if spec.kind == "tile_features" and not callable(getattr(cls, "embed_bag", None)):
+        # The slide-encoder class lives above this layer; it is recognised by what it does.
+        raise PluginError(
+            f"{spec.name} is a slide encoder (kind='tile_features'): its factory must return "
+            "ModelBuild(extractor_cls=histobag.slide_encoding.SlideEncoderExtractor or a "
+            f"subclass), not {cls.__name__}."
+        )
     return cls(
         spec,
         build,
@@ -207,8 +214,10 @@ def _load_weights(
         if hub is None:
             if not spec.weights_required:
                 return None, "none", None
+            where = f" {spec.weights_help}" if spec.weights_help else ""
             raise WeightsError(
-                f"{spec.name} has no published weights to download; pass weights=/path/to/file."
+                f"{spec.name} has no weights to download from Hugging Face; pass "
+                f"weights=/path/to/file.{where}"
             )
         repo, filename = hub
         revision = spec.hf_revision if build.hub is None else None

@@ -16,7 +16,7 @@ from histobag.extractors.base import FeatureExtractor
 from histobag.extractors.builder import RANDOM_WEIGHTS, WeightsMismatchWarning, build_extractor
 from histobag.extractors.catalogue import KNOWN_ELSEWHERE
 from histobag.extractors.saved import is_saved_model, saved_model_spec
-from histobag.specs import EXTRACTOR_KINDS, ExtractorSpec
+from histobag.specs import EXTRACTOR_KINDS, MEAN_POOLING_PREFIX, ExtractorSpec, mean_pooling_spec
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +97,8 @@ def extractor_info(name: str) -> ExtractorSpec:
             histobag knows but whose pack is missing.
     """
     table = _aliases()
+    if name.lower().startswith(MEAN_POOLING_PREFIX):
+        return mean_pooling_spec(extractor_info(name[len(MEAN_POOLING_PREFIX) :]))
     spec = table.get(name.lower()) or plugins.resolve_extractor_spec(name)
     if spec is not None:
         return spec

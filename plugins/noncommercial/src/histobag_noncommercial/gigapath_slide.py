@@ -21,28 +21,26 @@ Which output (``layer``/``pooling`` of :func:`build_slide_encoder`):
 
 Coordinates. The official code takes level-0 ``(x, y)`` top-left corners of 256 px tiles (the
 model was trained on 256 px tiles at 0.5 µm/px) and uses only ``floor(coord / 256)``, the tile's
-cell on the slide grid. Bags of any other tile size or magnification are converted to that grid
+cell on the slide grid. Level-0 corners of tiles (any size) are converted to that grid
 (:func:`to_model_grid`): a tile's cell is ``round(top_left / pitch)``, where ``pitch`` is
-the step of the tile grid (the WSI's stride for :class:`GigaPathExtractor`, which is the tile
-side unless tiles overlap; for bags, the gcd of the coordinate offsets), and the model sees
-``cell * 256``. Only the grid origin is rounded, so no two tiles share a cell.
+the step of the tile grid (:func:`histobag.geometry.grid_pitch`, the gcd of the coordinate
+offsets: the tile side unless tiles overlap), and the model sees ``cell * 256``. Bags at
+another tile size or magnification than 256 px at 20x are refused unless forced. Only the
+grid origin is rounded, so no two tiles share a cell.
 Tile centres (``pt`` bags) are first turned into top-left corners. Cells must lie in
 ``0 .. 999`` on both axes (the table's size); the official code does not check this (a y cell
 of 1000 silently aliases into the next column), here it is an error.
 
 Use :func:`build_slide_encoder` (or ``histobag.build_feature_extractor("gigapath.slide")``) to
-get a :class:`SlideEncoderExtractor`; :func:`build_gigapath` (registered as ``gigapath``) runs
+get a :class:`GigaPathSlideExtractor`; :func:`build_gigapath` (registered as ``gigapath``) runs
 tile and slide encoders end to end on a WSI.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,22 +48,15 @@ import torch
 from torch import nn
 
 from histobag import ExtractorSpec, build_feature_extractor
-from histobag.bags.config import fingerprint, read_config
-from histobag.bags.read import read_bag
-from histobag.engine import CollectSink, Job, run
-from histobag.errors import ConfigError, ExtractorArgumentError, HistobagError
+from histobag.errors import ExtractorArgumentError
 from histobag.extractors.base import FeatureExtractor, ModelBuild
 from histobag.extractors.preprocess import PreprocessingOverrides
-from histobag.files import atomic_path, write_json_atomic
-from histobag.io.bag_writers import get_writer
-from histobag.tile_readers import ExistingWSI
+from histobag.slide_encoding import SlideEncoderExtractor
+from histobag.slide_encoding.extractor import as_tensor, tensor_grid_pitch
 from histobag_noncommercial.longnet import LongNetEncoder
 
 if TYPE_CHECKING:
     from histobag.specs import Preprocessing
-
-#: Name of the configuration file :meth:`SlideEncoderExtractor.generate_and_save` writes.
-EMBEDDINGS_CONFIG = "slide_embeddings_config.json"
 
 
 def segment_lengths(max_wsi_size: int, tile_size: int, branches: int) -> tuple[int, ...]:
@@ -217,15 +208,6 @@ class SlideEncoder(nn.Module):
         raise ExtractorArgumentError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
 
 
-def as_tensor(values: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``values`` as a tensor: a tensor stays where it is (only its dtype may change), a
-    numpy array or nested sequence becomes a CPU tensor. A tensor never goes through numpy,
-    which cannot hold one that lives on a GPU."""
-    if isinstance(values, torch.Tensor):
-        return values.detach() if dtype is None else values.detach().to(dtype)
-    return torch.as_tensor(np.asarray(values), dtype=dtype)
-
-
 def host_array(values: Any) -> np.ndarray:
     """``values`` (coordinates: a few numbers per tile) as a numpy array; a tensor is
     copied from its device first."""
@@ -246,15 +228,6 @@ def check_layer(layer: Any, depth: int) -> int:
 # ------------------------------------------------------------------------------------------
 # Coordinates
 # ------------------------------------------------------------------------------------------
-
-
-def tile_extent(coords: np.ndarray | torch.Tensor) -> int | None:
-    """Level-0 grid pitch of tile coordinates: the greatest common divisor of their offsets
-    along both axes, or None for a single tile."""
-    xy = np.rint(host_array(coords).astype(np.float64)).astype(np.int64).reshape(-1, 2)
-    offsets = (xy - xy.min(axis=0)).ravel()
-    pitch = int(np.gcd.reduce(offsets)) if len(offsets) else 0
-    return pitch or None
 
 
 def to_model_grid(
@@ -309,13 +282,12 @@ def to_model_grid(
 # ------------------------------------------------------------------------------------------
 
 
-class SlideEncoderExtractor(FeatureExtractor):
-    """A slide encoder: ``extractor(features (N, 1536), coords (N, 2)) -> (768,)`` float32.
+class GigaPathSlideExtractor(SlideEncoderExtractor):
+    """The GigaPath slide encoder: ``extractor(features (N, 1536), coords (N, 2)) -> (768,)``.
 
-    Coordinates given to :meth:`__call__` are the model's own (level-0 top-left corners of
-    256 px tiles); :meth:`embed_bag` and :meth:`generate_and_save` convert bag coordinates of
-    any tile size first (see the module docstring). It does not take images: tile features
-    come from a tile encoder such as ``gigapath.tile``.
+    Coordinates are level-0 top-left corners of tiles of any size, as bags store them; they
+    are converted to the model's 256 px grid (see the module docstring).
+    :meth:`embed_model_grid` takes coordinates already on that grid, as the official code does.
     """
 
     @property
@@ -323,144 +295,43 @@ class SlideEncoderExtractor(FeatureExtractor):
         """The architecture."""
         return self.model.config
 
-    def forward_batch(self, batch: Any) -> torch.Tensor:
-        """Refuses images: this model encodes tile features, not tiles."""
-        raise ExtractorArgumentError(
-            f"{self.tag} encodes a slide from its tile FEATURES and coordinates, not from "
-            "images: call it as extractor(features (N, 1536), coords (N, 2)), or use "
-            "extractor.generate_and_save(bags_dir, outdir) on gigapath.tile bags, or "
-            "build_feature_extractor('gigapath') for slides end to end."
-        )
+    def encode(self, features: torch.Tensor, coords: torch.Tensor, extent_px: int) -> torch.Tensor:
+        """Level-0 top-left corners → the model's grid (as :func:`to_model_grid`, on the
+        coordinates' device; pitch: the grid's step, the stride for overlapping tiles), then
+        the model."""
+        pitch = tensor_grid_pitch(coords) or extent_px
+        xy = coords.double()
+        origin = xy.min(dim=0).values
+        cells = (torch.floor(origin / pitch + 0.5) + torch.round((xy - origin) / pitch)).long()
+        n = self.config.slide_ngrids
+        if int(cells.min()) < 0 or int(cells.max()) >= n:
+            raise ExtractorArgumentError(
+                f"Tiles span {int(cells.max()) + 1} cells of {pitch} px, beyond the {n} x {n} "
+                "grid the GigaPath slide encoder was trained on (slides up to 256,000 px at "
+                "0.5 µm/px with 256 px tiles). Use larger tiles or a region of the slide."
+            )
+        return self._forward(features, cells * self.config.tile_size)
 
-    def __call__(self, features: Any, coords: Any = None, **kwargs: Any) -> torch.Tensor:
-        """Embedding (D,) float32 on the CPU of one slide's tile features (N, in_chans) and
-        level-0 top-left ``(x, y)`` coordinates (N, 2) on the model's 256 px grid.
+    def _forward(self, features: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return self.model(
+            features[None], grid[None], layer=self.extra["layer"], pooling=self.extra["pooling"]
+        )[0]
 
-        Either may be a tensor on any device (e.g. a tile encoder's output, on the GPU) or
-        an array; tensors go to the model's device directly, never through numpy.
-        """
-        if coords is None or kwargs:
-            self.forward_batch(features)  # raises: images, a WSI or a TFRecord were given
+    def embed_model_grid(self, features: Any, coords: Any) -> torch.Tensor:
+        """Embedding (768,) float32 on the CPU from coordinates on the model's own grid
+        (level-0 corners of 256 px tiles at 0.5 µm/px; only ``floor(coord / 256)`` is used),
+        exactly as the official ``LongNetViT`` takes them."""
         feats = as_tensor(features, dtype=torch.float32)
         xy = as_tensor(coords)
-        if feats.ndim != 2 or feats.shape[1] != self.config.in_chans:
+        if feats.ndim != 2 or feats.shape[1] != self.config.in_chans or not len(feats):
             raise ExtractorArgumentError(
-                f"{self.tag} needs features of shape (N, {self.config.in_chans}), "
-                f"got {tuple(feats.shape)}"
-            )
-        if not len(feats):
-            raise ExtractorArgumentError(f"{self.tag}: no tiles to encode (0 feature rows)")
-        if xy.shape != (feats.shape[0], 2):
-            raise ExtractorArgumentError(
-                f"coords must be (N, 2) = ({feats.shape[0]}, 2), got {tuple(xy.shape)}"
+                f"{self.tag} needs features of shape (N, {self.config.in_chans}), N > 0, got "
+                f"{tuple(feats.shape)}"
             )
         if not xy.is_floating_point():
             xy = xy.long()
         with torch.inference_mode(), self.autocast():
-            out = self.model(
-                feats[None].to(self.device),
-                xy[None].to(self.device),
-                layer=self.extra["layer"],
-                pooling=self.extra["pooling"],
-            )
-        return out[0].float().cpu()
-
-    def embed_bag(
-        self,
-        features: np.ndarray | torch.Tensor,
-        coords: np.ndarray | torch.Tensor,
-        convention: str = "top_left",
-        extent_px: int | None = None,
-    ) -> torch.Tensor:
-        """Embedding of a bag whose coordinates are level-0 corners or centres of tiles of
-        any size (converted to the model's grid, whose pitch is that of the coordinates, see
-        :func:`tile_extent`; ``extent_px``, the level-0 tile side, converts centres to corners
-        and defaults to the pitch)."""
-        pitch = tile_extent(coords) or extent_px or self.config.tile_size
-        grid = to_model_grid(
-            coords,
-            pitch_px=pitch,
-            extent_px=extent_px,
-            convention=convention,
-            tile_size=self.config.tile_size,
-            ngrids=self.config.slide_ngrids,
-        )
-        return self(features, grid)
-
-    def generate_and_save(
-        self,
-        bags_dir: str | os.PathLike[str],
-        outdir: str | os.PathLike[str],
-        *,
-        slides: Iterable[str] | None = None,
-        writer: str | None = None,
-        overwrite: bool = False,
-    ) -> dict[str, str]:
-        """Embed every bag of ``bags_dir`` and write ``<outdir>/<slide>.pt`` (float32 (D,)).
-
-        Bags may be in any registered writer's format (taken from ``bags_config.json`` unless
-        ``writer`` is given). Each file is written atomically, and ``slide_embeddings_config.json``
-        records this extractor, the bags' configuration and the coordinate conversion.
-        Existing embeddings are kept unless ``overwrite``; a folder holding embeddings of
-        another configuration (encoder, weights, layer, pooling or bags) is refused.
-
-        Returns:
-            Slides that failed, with the reason (the others succeeded).
-
-        Raises:
-            ConfigError: ``outdir`` was written with another configuration (and not
-                ``overwrite``).
-        """
-        bags_dir, outdir = Path(bags_dir), Path(outdir)
-        bags_config = read_config(bags_dir) if writer is None else None
-        writer = writer or bags_config["writer"]
-        names = list(slides) if slides is not None else get_writer(writer, bags_dir).slides()
-        identity = {
-            "slide_encoder": self.tag,
-            "weights_sha256": self.weights_sha256,
-            "layer": self.extra["layer"],
-            "pooling": self.extra["pooling"],
-            "bags": fingerprint(bags_config) if bags_config else {"writer": writer},
-        }
-        config_file = outdir / EMBEDDINGS_CONFIG
-        if config_file.is_file() and not overwrite:
-            old = json.loads(config_file.read_text()).get("identity")
-            if old != json.loads(json.dumps(identity)):
-                raise ConfigError(
-                    f"{outdir} holds slide embeddings of another configuration ({old} vs "
-                    f"{identity}). Use another folder, or overwrite=True to replace them."
-                )
-        outdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            config_file,
-            {
-                "identity": identity,
-                "slide_encoder": self.dump_config(),
-                "layer": self.extra["layer"],
-                "pooling": self.extra["pooling"],
-                "num_features": self.num_features,
-                "bags_dir": str(bags_dir),
-                "bags_config": bags_config,
-                "coordinates": "round(top_left / grid pitch) * 256, see to_model_grid",
-                "license": self.license,
-                "citation": self.citation,
-                "provenance": self.provenance(),
-            },
-        )
-        failures: dict[str, str] = {}
-        for slide in names:
-            final = outdir / f"{slide}.pt"
-            if final.exists() and not overwrite:
-                continue
-            try:
-                features, coords, convention = read_bag(bags_dir, slide, writer)
-                embedding = self.embed_bag(features, coords, convention)
-            except (HistobagError, OSError, ValueError, KeyError) as exc:
-                failures[slide] = f"{type(exc).__name__}: {exc}"
-                continue
-            with atomic_path(final) as tmp:
-                torch.save(embedding.clone(), tmp)
-        return failures
+            return self._forward(feats.to(self.device), xy.to(self.device)).float().cpu()
 
 
 def slide_build(
@@ -474,8 +345,8 @@ def slide_build(
     return ModelBuild(
         module=SlideEncoder(config).eval(),
         num_features=config.embed_dim,
-        extractor_cls=SlideEncoderExtractor,
-        extra={"layer": layer, "pooling": pooling},
+        extractor_cls=GigaPathSlideExtractor,
+        extra={"layer": layer, "pooling": pooling, "in_features": config.in_chans},
     )
 
 
@@ -496,7 +367,7 @@ def build_slide_encoder(
     pooling: str = "cls",
     name: str = "gigapath.slide",
     precision: str = "auto",
-) -> SlideEncoderExtractor:
+) -> GigaPathSlideExtractor:
     """Build the GigaPath slide encoder (``slide_encoder.pth`` from the gated
     prov-gigapath/prov-gigapath repository when ``weights`` is None).
 
@@ -512,7 +383,7 @@ def build_slide_encoder(
         layer=layer,
         pooling=pooling,
     )
-    if not isinstance(extractor, SlideEncoderExtractor):
+    if not isinstance(extractor, GigaPathSlideExtractor):
         raise ExtractorArgumentError(f"{name} is not a slide encoder")
     return extractor
 
@@ -590,18 +461,8 @@ class GigaPathExtractor(FeatureExtractor):
                 ".slide(features, coords) for a slide embedding from features."
             )
 
-        sink = CollectSink()
-        run(self.tile, [Job("wsi", ExistingWSI(obj))], sink, **kwargs)
-        result = sink.single("wsi")
-        if not len(result.features):
-            raise HistobagError("No tissue tiles in this slide: nothing to encode.")
-        grid = to_model_grid(
-            result.top_left,
-            pitch_px=int(getattr(obj, "stride_px", result.geometry.extent_px)),
-            tile_size=self.slide.config.tile_size,
-            ngrids=self.slide.config.slide_ngrids,
-        )
-        return self.slide(result.features, grid)
+        self.slide.use_tile_extractor(self.tile, force=True)  # the names were chosen
+        return self.slide.embed_wsi(obj, **kwargs)
 
 
 def _no_single_checkpoint(state_dict: dict[str, Any]) -> dict[str, Any]:

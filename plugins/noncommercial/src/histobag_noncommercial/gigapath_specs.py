@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from histobag import ExtractorSpec
+from histobag import ExtractorSpec, SlideInput
 from histobag.extractors.hub import bibtex_entries
 
 _REPO = "prov-gigapath/prov-gigapath"
@@ -35,7 +35,13 @@ def gigapath_slide() -> ExtractorSpec:
         ),
         tags=("slide-encoder", "foundation"),
         kind="tile_features",
-        tile_encoder="gigapath.tile",
+        # Trained on 256 px tiles at 0.5 µm/px (20x), the tile encoder's input.
+        slide_input=SlideInput(
+            ("gigapath.tile",),
+            tile_px=256,
+            magnification=20.0,
+            coordinates="tile cell = round(top-left / grid pitch) on a 1000 x 1000 grid",
+        ),
         hf_repo=_REPO,
         hf_filename="slide_encoder.pth",
         gated=True,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
 from histobag_noncommercial import (
+    abmil_specs,
     bioptimus_specs,
+    chief_specs,
     conch_specs,
     genbio_specs,
     gigapath_specs,
@@ -13,7 +15,9 @@ from histobag_noncommercial import (
     kaiko_specs,
     lunit_specs,
     musk_specs,
+    prism_specs,
     timm_specs,
+    titan_specs,
 )
 
 
@@ -32,4 +36,8 @@ def histobag_extractors() -> list[ExtractorSpec]:
         *genbio_specs.specs(),
         *conch_specs.specs(),
         *bioptimus_specs.specs(),
+        *abmil_specs.specs(),
+        *chief_specs.specs(),
+        *prism_specs.specs(),
+        *titan_specs.specs(),
     ]
