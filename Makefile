@@ -15,12 +15,14 @@ PYTEST_ARGS ?=
 
 $(STAMP): core/pyproject.toml plugins/*/pyproject.toml tests/requirements.txt \
 		tests/plugins/histobag-example/pyproject.toml \
-		tests/plugins/histobag-writer-example/pyproject.toml
+		tests/plugins/histobag-writer-example/pyproject.toml \
+		tests/plugins/histobag-reader-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet $(PACKS) -r tests/requirements.txt
 	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-example
 	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-writer-example
+	$(BIN)/python -m pip install --quiet ./tests/plugins/histobag-reader-example
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -102,7 +102,7 @@ def test_locations_between_level_pixels_are_left_to_openslide(slide_path, monkey
 def test_other_vendors_are_read_by_openslide(vendor_dir):
     assert TiledTiffLevels.open(vendor_dir / "boxes_0.dcm", "dicom", [(16, 16)]) is None
     wsi = WSI(vendor_dir / "boxes_0.dcm", 8, 4, tissue=None)  # 16 x 16 px at 0.499 mpp
-    assert wsi._tiff is None
+    assert wsi._slide._tiff is None
     slide = openslide.OpenSlide(str(vendor_dir / "boxes_0.dcm"))
     np.testing.assert_array_equal(wsi.read_tile(0), openslide_rgb(slide, (0, 0), 0, (8, 8)))
 
@@ -115,7 +115,7 @@ def test_a_tile_that_does_not_decode_is_reported_as_openslide_reports_it(tmp_pat
         handle.seek(offset)
         handle.write(b"\xff" * count)
     wsi = WSI(path, 256, "20x", tissue=None)
-    assert wsi._tiff is not None
+    assert wsi._slide._tiff is not None
     wsi.read_tile(0)  # undamaged tiles still read
     with pytest.raises(SlideReadError, match=r"corrupt\.svs.*\(256, 256\)"):
         wsi.read_tiles([5])
@@ -126,11 +126,11 @@ def test_pickled_wsi_reopens_its_tile_reader(slide_path):
 
     wsi = WSI(slide_path, 224, 112, tissue=None)
     copy = pickle.loads(pickle.dumps(wsi))
-    assert copy._tiff is None  # reopened with the OpenSlide handle
+    assert copy._reader is None  # reopened, with the same reader, on first use
     np.testing.assert_array_equal(copy.read_tiles([0, 1]), wsi.read_tiles([0, 1]))
-    assert copy._tiff is not None
+    assert copy._reader._tiff is not None
     copy.close()
-    assert copy._tiff is None and copy._osr is None
+    assert copy._reader is None
 
 
 def test_tiles_shared_by_neighbouring_regions_are_decoded_once(slide_path):

@@ -45,14 +45,17 @@ def test_unopenable_tiff_raises_slide_open_error(vendor_dir):
     assert "unopenable.tiff" in message
     assert "Unsupported TIFF compression" in message
     with pytest.raises(SlideOpenError, match="does not recognise its format"):
-        WSI(vendor_dir / "boxes.png", 32, 16, mpp=1.0)
+        WSI(vendor_dir / "boxes.png", 32, 16, mpp=1.0, reader="openslide")
+    assert WSI(vendor_dir / "boxes.png", 32, 16, mpp=1.0).reader_name == "image"  # a plain PNG
     with pytest.raises(SlideOpenError, match="does not exist"):
         WSI(vendor_dir / "no-such-slide.svs", 32, 16)
 
 
 def test_unreadable_svs_raises_slide_read_error(vendor_dir):
     path = vendor_dir / "unreadable.svs"
-    wsi = WSI(path, 8, 4, tissue=None)  # opening works; reading pixels does not
+    with pytest.raises(SlideOpenError, match=r"opens, but its pixels cannot be read.*Bogus"):
+        WSI(path, 8, 4, tissue=None)  # "auto" checks that a reader can decode it
+    wsi = WSI(path, 8, 4, tissue=None, reader="openslide")  # opens; reading pixels does not
     with pytest.raises(SlideReadError) as info:
         wsi.read_tile(0)
     message = str(info.value)
@@ -60,5 +63,5 @@ def test_unreadable_svs_raises_slide_read_error(vendor_dir):
     assert "(0, 0)" in message
     assert "Bogus marker" in message
     with pytest.raises(SlideReadError, match=r"unreadable\.svs"):
-        WSI(path, 8, 4)  # the tissue thumbnail needs pixels too
+        WSI(path, 8, 4, reader="openslide")  # the tissue thumbnail needs pixels too
     assert issubclass(SlideReadError, HistobagError)

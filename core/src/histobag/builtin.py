@@ -7,7 +7,7 @@ way. Core registers no extractors: named models live in packs.
 from __future__ import annotations
 
 from histobag.hookspecs import hookimpl
-from histobag.specs import BagWriterSpec, TransformSpec
+from histobag.specs import BagWriterSpec, SlideReaderSpec, TissueDetectorSpec, TransformSpec
 
 #: ``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
 #: The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
@@ -99,5 +99,92 @@ def histobag_bag_writers() -> list[BagWriterSpec]:
             "safetensors",
             "histobag.io.bag_writers:SafetensorsBagWriter",
             description="<slide>.safetensors with features and coords",
+        ),
+    ]
+
+
+@hookimpl
+def histobag_slide_readers() -> list[SlideReaderSpec]:
+    """OpenSlide, for every local file (the default), and tiffslide for TIFF-based slides
+    (a fallback locally; the reader of http(s), s3 and gs URLs)."""
+    return [
+        SlideReaderSpec(
+            "openslide",
+            "histobag.slide.readers.openslide_reader:OpenSlideReader",
+            priority=0,
+            license="LGPL-2.1-only",
+            description="OpenSlide: SVS, NDPI, MRXS, SCN, BIF, VMS, pyramidal TIFF, DICOM "
+            "(any local file it recognises)",
+        ),
+        SlideReaderSpec(
+            "tiffslide",
+            "histobag.slide.readers.tiffslide_reader:TiffSlideReader",
+            suffixes=(".svs", ".tif", ".tiff", ".ptif"),
+            schemes=("http", "https", "s3", "gs"),
+            priority=-10,
+            license="BSD-3-Clause",
+            description="tiffslide (tifffile): pyramidal TIFF/SVS/OME-TIFF, also from "
+            "http(s)/s3/gs URLs with range reads and a block cache (histobag[remote])",
+        ),
+        SlideReaderSpec(
+            "ome-tiff",
+            "histobag.slide.readers.tiff_reader:OmeTiffReader",
+            suffixes=(".ome.tif", ".ome.tiff"),
+            priority=10,  # OpenSlide opens these as one level without the pixel size
+            license="BSD-3-Clause",
+            description="OME-TIFF pyramids (SubIFDs) with the OME-XML pixel size (tifffile)",
+        ),
+        SlideReaderSpec(
+            "ome-zarr",
+            "histobag.slide.readers.zarr_reader:OmeZarrReader",
+            suffixes=(".zarr", ".ome.zarr"),
+            schemes=("http", "https", "s3", "gs"),
+            priority=10,
+            license="MIT",
+            description="OME-Zarr (NGFF 0.4/0.5) folders or URLs (histobag[zarr])",
+        ),
+        SlideReaderSpec(
+            "czi",
+            "histobag.slide.readers.czi_reader:CziReader",
+            suffixes=(".czi",),
+            priority=10,  # OpenSlide 4 knows some CZI but not every writer's
+            license="LGPL-3.0-only",
+            description="Zeiss CZI mosaics with pylibCZIrw (libCZI) (histobag[czi])",
+        ),
+        SlideReaderSpec(
+            "dicom",
+            "histobag.slide.readers.dicom_reader:DicomReader",
+            priority=-1,  # after OpenSlide: folders, and codecs OpenSlide lacks
+            license="Apache-2.0",
+            description="wsidicom: DICOM WSI (a folder, or any .dcm file of the slide; "
+            "histobag[dicom])",
+        ),
+        SlideReaderSpec(
+            "image",
+            "histobag.slide.readers.image_reader:open_image",
+            suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff"),
+            priority=-10,
+            license="MIT-CMU",
+            description="plain PNG/JPEG (Pillow) and TIFF (tifffile) images without a "
+            "pyramid; pass mpp=",
+        ),
+    ]
+
+
+@hookimpl
+def histobag_tissue_detectors() -> list[TissueDetectorSpec]:
+    """Otsu on HSV saturation (histobag's first detector) and ``hsv`` (pale tissue kept,
+    pen marks and dust dropped)."""
+    return [
+        TissueDetectorSpec(
+            "otsu",
+            "histobag.slide.tissue:build_otsu",
+            description="Otsu threshold on the thumbnail's HSV saturation, blurred",
+        ),
+        TissueDetectorSpec(
+            "hsv",
+            "histobag.slide.tissue_hsv:build_hsv",
+            description="saturation and density thresholds after white balance, pen-mark "
+            "rejection, clean-up in µm (keeps pale and haematoxylin-only tissue)",
         ),
     ]

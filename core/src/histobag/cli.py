@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -35,6 +37,7 @@ from histobag.extractors.registry import extractor_info, list_extractors, requir
 from histobag.plugins import disabled_packs, plugin_failures
 from histobag.specs import EXTRACTOR_KINDS
 from histobag.tile_transforms import resolve_tile_transforms
+from histobag.validation import MPP_RANGE
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -248,11 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="level-0 microns per pixel for slides that record none (overrides every slide's)",
     )
     p.add_argument(
+        "--reader",
+        default="auto",
+        help="slide reader: auto (the first installed reader that opens each slide) or a name "
+        "(histobag slides --readers)",
+    )
+    p.add_argument(
         "--tissue",
         default="otsu",
-        choices=("otsu", "none"),
-        help="tissue detection on each slide's thumbnail (none: every grid tile that passes the "
-        "pixel filters)",
+        help="tissue detector on each slide's thumbnail: otsu, hsv (pale tissue kept, pen "
+        "marks dropped) or a pack's; none: every grid tile that passes the pixel filters",
     )
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
     p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
@@ -309,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="bags folder (with bags_manifest.json)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "slides",
+        help="list the slides of a folder: reader, size, levels, mpp, or why one does not open",
+    )
+    p.add_argument("folder", nargs="?", help="folder of slides (searched recursively)")
+    p.add_argument("--reader", default="auto", help="slide reader (default: auto)")
+    p.add_argument("--readers", action="store_true", help="list the installed slide readers")
+    p.add_argument(
+        "--thumbnails",
+        metavar="OUT",
+        help="also write <slide>.thumbnail.png and <slide>.tissue.png (tissue mask) into OUT",
+    )
+    p.add_argument(
+        "--tissue", default="otsu", help="tissue detector for --thumbnails (otsu, hsv, ...)"
+    )
+    p.add_argument("--mpp", type=float, help="level-0 µm/px for slides that record none")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_slides)
 
     p = sub.add_parser("demo", help="sample slides -> feature bags, on any machine")
     p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
@@ -418,7 +445,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     tissue = None if args.tissue == "none" else args.tissue
     if args.project:
         project = Project(args.project)
-        dataset = project.dataset(args.tile_px, checked["tile_um"], tissue=tissue, mpp=args.mpp)
+        dataset = project.dataset(
+            args.tile_px, checked["tile_um"], tissue=tissue, mpp=args.mpp, reader=args.reader
+        )
     else:
         dataset = Dataset(
             args.slides,
@@ -428,6 +457,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             roi=args.roi,
             tissue=tissue,
             mpp=args.mpp,
+            reader=args.reader,
         )
     tile_transforms = resolve_tile_transforms(args.tile_transform)  # a typo costs no model build
     device = None if args.device == "auto" else args.device
@@ -557,6 +587,86 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0 if report.ok else 1
+
+
+def cmd_slides(args: argparse.Namespace) -> int:
+    """List a folder's slides (a health check before a long run); exit 1 if one does not
+    open, 2 for bad options."""
+    # Deferred: opening slides loads OpenSlide and Pillow, which `histobag list` does not need.
+    from histobag.plugins import slide_reader_specs
+    from histobag.slide.inventory import inspect_slide, save_thumbnails, slide_suffixes, walk_slides
+
+    if args.readers:
+        specs = sorted(slide_reader_specs().values(), key=lambda s: (-s.priority, s.name))
+        if args.json:
+            print(json.dumps([dataclasses.asdict(s) for s in specs], indent=2))
+            return 0
+        rows = [
+            (
+                s.name,
+                str(s.priority),
+                " ".join(s.suffixes) or "any file",
+                " ".join(s.schemes) or "-",
+                s.license or "-",
+                s.distribution,
+            )
+            for s in specs
+        ]
+        print(_table(("reader", "priority", "suffixes", "schemes", "licence", "pack"), rows))
+        return 0
+    if not args.folder:
+        raise ArgumentError("give a folder of slides (or --readers)")
+    folder = validation.check_slide_folder(args.folder, name="folder")
+    infos = [
+        inspect_slide(path, args.reader) for path in walk_slides(folder, slide_suffixes(dicom=True))
+    ]
+    thumbnails: dict[str, str] = {}
+    if args.thumbnails:
+        for info in infos:
+            if info.ok:
+                try:
+                    save_thumbnails(
+                        info.path,
+                        args.thumbnails,
+                        reader=info.reader or "auto",
+                        tissue=None if args.tissue == "none" else args.tissue,
+                        mpp=args.mpp,
+                    )
+                except HistobagError as exc:
+                    thumbnails[info.path] = str(exc)
+    if args.json:
+        print(
+            json.dumps(
+                [{**i.to_dict(), "thumbnail_error": thumbnails.get(i.path)} for i in infos],
+                indent=2,
+            )
+        )
+    else:
+        rows = []
+        for info in infos:
+            size = "x".join(map(str, info.dimensions)) if info.dimensions else "-"
+            mpp = f"{info.mpp:.4g}" if info.mpp else "-"
+            status = "ok" if info.ok else info.error
+            if info.ok and not (MPP_RANGE[0] <= (info.mpp or 0) <= MPP_RANGE[1]):
+                status = "ok, but no plausible mpp recorded: pass --mpp"
+            if info.path in thumbnails:
+                status = f"{status}; thumbnail: {thumbnails[info.path]}"
+            rows.append(
+                (
+                    os.path.relpath(info.path, folder),
+                    info.reader or "-",
+                    size,
+                    str(info.levels or "-"),
+                    mpp,
+                    status,
+                )
+            )
+        print(
+            _table(("slide", "reader", "size", "levels", "mpp", "status"), rows)
+            if rows
+            else f"No slides found in {folder}."
+        )
+    return 0 if all(i.ok for i in infos) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

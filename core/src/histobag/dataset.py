@@ -12,9 +12,13 @@ from histobag import validation
 from histobag.errors import ConfigError
 from histobag.io.tfrecord import TFRecordReader
 from histobag.naming import safe_name
+from histobag.plugins import slide_reader_specs
 from histobag.slide import WSI
 from histobag.slide.errors import TileSettingsError
+from histobag.slide.inventory import OPENSLIDE_SUFFIXES, slide_suffixes, walk_slides
+from histobag.slide.readers import AUTO, as_source, source_stem
 from histobag.slide.roi import find_roi_file
+from histobag.slide.tissue import resolve_tissue_detector
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,23 +30,10 @@ __all__ = ["SLIDE_SUFFIXES", "Dataset", "ExtractionSummary", "find_slides"]
 
 logger = logging.getLogger(__name__)
 
-#: Tissue detectors a dataset can name (``None`` switches tissue detection off).
-TISSUE_METHODS = ("otsu",)
 
-#: File suffixes treated as slides when a folder is scanned (DICOM is left out: one slide is
-#: several .dcm files; pass its level-0 file explicitly).
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-)
+#: File suffixes OpenSlide opens; a folder scan also takes every registered reader's (DICOM is
+#: left out: one slide is several .dcm files; pass its level-0 file explicitly).
+SLIDE_SUFFIXES = OPENSLIDE_SUFFIXES
 
 Filters = Mapping[str, Any]
 
@@ -55,19 +46,18 @@ def find_slides(slides: str | Path | Iterable[str | Path]) -> dict[str, Path]:
     """
     if isinstance(slides, str | Path):
         folder = validation.check_slide_folder(slides, name="slides=", error=ConfigError)
-        paths = sorted(
-            p for p in folder.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file()
-        )
-    else:
-        paths = [Path(p) for p in slides]
+        paths = walk_slides(folder, slide_suffixes())
+    else:  # URLs (https://, s3://...) stay strings: a Path would fold their "//"
+        paths = [as_source(p) for p in slides]
     found: dict[str, Path] = {}
     for path in paths:
-        if path.stem in found:
+        stem = source_stem(path)
+        if stem in found:
             raise ConfigError(
-                f"Two slides are named {path.stem!r}: {found[path.stem]} and {path}. Slide "
+                f"Two slides are named {stem!r}: {found[stem]} and {path}. Slide "
                 "names (file stems) must be unique; rename one of them."
             )
-        found[path.stem] = path
+        found[stem] = path  # type: ignore[assignment]
     return found
 
 
@@ -147,11 +137,14 @@ class Dataset:
         filter_blank: Columns that must not be blank.
         tfrecords: Folder of ``<slide>.tfrecords`` files for this tile size.
         roi: Folder of ROI files ``<slide>.geojson`` / ``.json`` / ``.csv``.
-        tissue: Tissue detection on each slide's thumbnail: ``"otsu"`` (the default) or
-            ``None`` to keep every grid tile that passes the pixel filters (grayspace and
-            whitespace). Recorded in ``bags_config.json``.
+        tissue: Tissue detection on each slide's thumbnail: a registered detector's name
+            (``"otsu"``, the default; ``"hsv"``; ``histobag slides`` shows masks), ``{"name":
+            ..., "kwargs": {...}}``, or ``None`` to keep every grid tile that passes the pixel
+            filters (grayspace and whitespace). Recorded in ``bags_config.json``.
         mpp: Level-0 microns per pixel for every slide, overriding (or standing in for) what
             each slide records; for scans that record none. ``None`` reads it from each slide.
+        reader: The slide reader: ``"auto"`` (per slide, the first registered reader that
+            opens it) or a reader's name. Recorded in ``bags_config.json``.
 
     Raises:
         TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -176,8 +169,9 @@ class Dataset:
         filter_blank: str | Sequence[str] | None = None,
         tfrecords: str | Path | None = None,
         roi: str | Path | None = None,
-        tissue: str | None = "otsu",
+        tissue: str | dict[str, Any] | None = "otsu",
         mpp: float | None = None,
+        reader: str = AUTO,
     ) -> None:
         if tile_px is not None or tile_um is not None:  # validate early
             if tile_px is not None:
@@ -195,10 +189,12 @@ class Dataset:
         self._add_filters(filters, filter_blank)
         self.tfrecords_dir = Path(tfrecords) if tfrecords is not None else None
         self.roi_dir = Path(roi) if roi is not None else None
-        if tissue is not None:
-            validation.check_choice("tissue", tissue, TISSUE_METHODS)
+        resolve_tissue_detector(tissue)  # an unknown detector fails here, not per slide
         self.tissue = tissue
         self.mpp = None if mpp is None else validation.check_mpp(mpp, error=TileSettingsError)
+        if reader != AUTO:
+            validation.check_choice("reader", reader, tuple(slide_reader_specs()))
+        self.reader = reader
         if self.roi_dir is not None and not self.roi_dir.is_dir():
             what = "is a file, not a folder" if self.roi_dir.is_file() else "does not exist"
             raise ConfigError(f"ROI folder {self.roi_dir} {what}. Check roi=.")
@@ -389,6 +385,7 @@ class Dataset:
             )
         kwargs.setdefault("roi", self.roi_file(slide))
         kwargs.setdefault("tissue", self.tissue)
+        kwargs.setdefault("reader", self.reader)
         if self.mpp is not None:
             kwargs.setdefault("mpp", self.mpp)
         return WSI(path, tile_px, tile_um, **kwargs)
@@ -397,7 +394,7 @@ class Dataset:
         """Per-slide keyword arguments for :class:`~histobag.slide.WSI`: its ROI file, the
         dataset's tissue detection and its mpp override."""
         roi = self.roi_file(slide)
-        kwargs: dict[str, Any] = {"tissue": self.tissue}
+        kwargs: dict[str, Any] = {"tissue": self.tissue, "reader": self.reader}
         kwargs |= {"mpp": self.mpp} if self.mpp is not None else {}
         return kwargs | ({"roi": str(roi)} if roi is not None else {})
 

@@ -26,6 +26,8 @@ class TileGeometry:
         extent_px: Tile side in level-0 pixels.
         mpp: Microns per level-0 pixel (None when unknown, e.g. a TFRecord without its slide).
         level: Pyramid level the tiles were read from (0 when unknown).
+        reader: The slide reader and its library's version, e.g. ``"openslide 4.0.1"``
+            (empty when unknown, e.g. a TFRecord).
     """
 
     tile_px: int
@@ -33,6 +35,7 @@ class TileGeometry:
     extent_px: int
     mpp: float | None = None
     level: int = 0
+    reader: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""

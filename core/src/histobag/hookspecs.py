@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from histobag.specs import BagWriterSpec, ExtractorSpec, TransformSpec
+    from histobag.specs import (
+        BagWriterSpec,
+        ExtractorSpec,
+        SlideReaderSpec,
+        TissueDetectorSpec,
+        TransformSpec,
+    )
 
 PROJECT_NAME = "histobag"
 
@@ -115,4 +121,32 @@ def histobag_bag_writers() -> list[BagWriterSpec]:
         The pack's :class:`~histobag.specs.BagWriterSpec` objects, each naming a
         :class:`histobag.io.bag_writers.BagWriter` subclass (``"module:attr"``, imported only
         when used); users select one with ``writer=<name>``.
+    """
+
+
+@hookspec
+def histobag_slide_readers() -> list[SlideReaderSpec]:
+    """Return the slide readers (slide formats, remote storage) this pack provides.
+
+    ``WSI(path, reader="auto")`` tries, highest ``priority`` first, every reader whose
+    suffixes or URL schemes claim the path, and uses the first that opens it; ``reader=NAME``
+    uses that one. Core registers ``openslide`` (priority 0). Like every hook, this one must
+    not import the reader's library: the factory is imported when a slide is opened.
+
+    Returns:
+        The pack's :class:`~histobag.specs.SlideReaderSpec` objects (names unique across
+        packs).
+    """
+
+
+@hookspec
+def histobag_tissue_detectors() -> list[TissueDetectorSpec]:
+    """Return the tissue detectors this pack provides, selected with ``tissue=<name>``.
+
+    Core registers ``otsu`` (Otsu on the thumbnail's HSV saturation) and ``hsv`` (saturation
+    and brightness thresholds with pen-mark rejection and morphological clean-up). A
+    deep-learning segmenter can be registered the same way, loading its weights when built.
+
+    Returns:
+        The pack's :class:`~histobag.specs.TissueDetectorSpec` objects.
     """

@@ -52,7 +52,13 @@ import pluggy
 from histobag import builtin, hookspecs
 from histobag._version import __version__
 from histobag.errors import DuplicateExtractorError, PluginError
-from histobag.specs import BagWriterSpec, ExtractorSpec, TransformSpec
+from histobag.specs import (
+    BagWriterSpec,
+    ExtractorSpec,
+    SlideReaderSpec,
+    TissueDetectorSpec,
+    TransformSpec,
+)
 
 GROUP = "histobag"
 IN_PROCESS = "<in-process>"
@@ -70,6 +76,8 @@ _SPEC_TYPES: dict[str, type] = {
     "histobag_resolve_extractor": ExtractorSpec,
     "histobag_transforms": TransformSpec,
     "histobag_bag_writers": BagWriterSpec,
+    "histobag_slide_readers": SlideReaderSpec,
+    "histobag_tissue_detectors": TissueDetectorSpec,
 }
 _FIRSTRESULT = frozenset({"histobag_resolve_extractor"})
 
@@ -595,6 +603,16 @@ def transform_specs() -> dict[str, TransformSpec]:
 def bag_writer_specs() -> dict[str, BagWriterSpec]:
     """All registered bag writers by name."""
     return _specs("histobag_bag_writers", "bag writer")
+
+
+def slide_reader_specs() -> dict[str, SlideReaderSpec]:
+    """All registered slide readers by name."""
+    return _specs("histobag_slide_readers", "slide reader")
+
+
+def tissue_detector_specs() -> dict[str, TissueDetectorSpec]:
+    """All registered tissue detectors by name."""
+    return _specs("histobag_tissue_detectors", "tissue detector")
 
 
 def resolve_extractor_spec(name: str) -> ExtractorSpec | None:

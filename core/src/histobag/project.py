@@ -190,14 +190,16 @@ class Project:
         *,
         filters: Filters | None = None,
         filter_blank: str | Sequence[str] | None = None,
-        tissue: str | None = "otsu",
+        tissue: str | dict[str, Any] | None = "otsu",
         mpp: float | None = None,
+        reader: str = "auto",
     ) -> Dataset:
         """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
 
-        Its TFRecord folder is :meth:`tfrecords_dir` for this tile size; ``tissue`` is
-        ``"otsu"`` or ``None`` (no tissue detection) and ``mpp`` overrides the slides' own
-        resolution, as in :class:`~histobag.dataset.Dataset`.
+        Its TFRecord folder is :meth:`tfrecords_dir` for this tile size; ``tissue`` is a
+        tissue detector (``"otsu"``, ``"hsv"``, ...) or ``None`` (no tissue detection),
+        ``mpp`` overrides the slides' own resolution and ``reader`` picks the slide reader,
+        as in :class:`~histobag.dataset.Dataset`.
 
         Raises:
             TileSettingsError: ``tile_px`` or ``tile_um`` is out of range (see
@@ -215,6 +217,7 @@ class Project:
             roi=self.roi,
             tissue=tissue,
             mpp=mpp,
+            reader=reader,
         )
 
     def generate_feature_bags(
@@ -259,7 +262,12 @@ class Project:
             parts = [tag, f"{dataset.tile_px}px", format_tile_um(dataset.tile_um)]
             parts += [norm_tag] if norm_tag else []
             parts += [t.name for t in transforms]
-            parts += ["no-tissue-detection"] if getattr(dataset, "tissue", "otsu") is None else []
+            tissue = getattr(dataset, "tissue", "otsu")
+            tissue_name = tissue.get("name") if isinstance(tissue, dict) else tissue
+            if tissue_name is None:
+                parts.append("no-tissue-detection")
+            elif tissue_name != "otsu" or isinstance(tissue, dict):
+                parts.append(f"tissue-{tissue_name}")  # another detector: another folder
             outdir = self.bags_dir / safe_name("_".join(parts))
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 

@@ -384,3 +384,83 @@ class BagWriterSpec:
     def load(self) -> Any:
         """Import and return the writer class."""
         return import_object(self.factory, what=f"bag writer {self.name!r}")
+
+
+@dataclass(frozen=True)
+class SlideReaderSpec:
+    """A slide reader (a library that opens a slide format) provided by a pack.
+
+    Attributes:
+        name: Registered name used as ``reader=``, e.g. ``"openslide"``.
+        factory: ``"module:attr"`` of a callable ``factory(source: str) ->``
+            :class:`histobag.slide.readers.SlideReader`; it raises when it cannot open
+            ``source`` (the next reader is then tried).
+        suffixes: File suffixes it opens (lower case, with the dot, e.g. ``(".czi",)``); a
+            folder suffix such as ``".zarr"`` counts too.
+        schemes: URL schemes it opens (e.g. ``("s3", "https")``); local files have none.
+        priority: Higher is tried first among readers that claim a file (OpenSlide: 0).
+        license: SPDX identifier of the library's licence.
+        description: One line for listings.
+        distribution: Providing distribution (filled in by the plugin manager).
+    """
+
+    name: str
+    factory: str
+    suffixes: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = ()
+    priority: int = 0
+    license: str = ""
+    description: str = ""
+    distribution: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or ":" not in self.factory:
+            raise PluginError(
+                f"Slide reader {self.name!r}: factory must be a 'module:attr' string, "
+                f"got {self.factory!r}."
+            )
+        object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
+        object.__setattr__(self, "schemes", tuple(s.lower() for s in self.schemes))
+
+    def claims(self, source: str) -> bool:
+        """Whether ``source`` (a path or URL) has one of this reader's suffixes or schemes."""
+        scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+        if scheme and scheme != "file" and scheme not in self.schemes:
+            return False
+        name = source.rstrip("/").lower().split("?", 1)[0]
+        return not self.suffixes or name.endswith(self.suffixes)
+
+    def load(self) -> Any:
+        """Import and return the factory."""
+        return import_object(self.factory, what=f"slide reader {self.name!r}")
+
+
+@dataclass(frozen=True)
+class TissueDetectorSpec:
+    """A tissue detector provided by a pack.
+
+    Attributes:
+        name: Registered name used as ``tissue=``, e.g. ``"otsu"``.
+        factory: ``"module:attr"`` of a callable ``factory(**kwargs)`` returning a detector:
+            a callable mapping an RGB uint8 thumbnail (H, W, 3) at ``mpp`` µm/px, called as
+            ``detector(thumbnail, mpp=mpp)``, to a bool mask (H, W). Keyword arguments must
+            be JSON-able (they are recorded in ``bags_config.json``).
+        description: One line for listings.
+        distribution: Providing distribution (filled in by the plugin manager).
+    """
+
+    name: str
+    factory: str
+    description: str = ""
+    distribution: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or ":" not in self.factory:
+            raise PluginError(
+                f"Tissue detector {self.name!r}: factory must be a 'module:attr' string, "
+                f"got {self.factory!r}."
+            )
+
+    def load(self) -> Any:
+        """Import and return the factory."""
+        return import_object(self.factory, what=f"tissue detector {self.name!r}")

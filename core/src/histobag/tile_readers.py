@@ -32,6 +32,7 @@ def wsi_geometry(wsi: Any) -> TileGeometry:
         extent_px=int(wsi.full_extract_px),
         mpp=float(wsi.mpp),
         level=int(wsi.level),
+        reader=f"{wsi.reader_name} {wsi.reader_version}".strip(),
     )
 
 

@@ -41,6 +41,7 @@ FINGERPRINT_KEYS = (
     "normalizer",
     "tile_transforms",
     "tissue",
+    "reader",
     "num_features",
     "tile_px",
     "tile_um",
@@ -66,12 +67,15 @@ def make_config(
     coordinates: str,
     tile_transforms: Sequence[Any] = (),
     tissue: str | None = "otsu",
+    reader: str = "auto",
 ) -> dict[str, Any]:
     """The configuration of a bag run (JSON-able).
 
     ``tile_transforms`` are built :class:`histobag.tile_transforms.TileTransform` objects; each is
     recorded as ``{"name", "kwargs"}`` and its pack's version goes with the other versions.
-    ``tissue`` is the dataset's tissue detection (``"otsu"`` or ``None``).
+    ``tissue`` is the dataset's tissue detection (``"otsu"`` or ``None``); ``reader`` its
+    slide reader (``"auto"`` or a name; the reader each slide was read with, and its version,
+    go to the run report).
     """
     provenance = extractor.provenance()
     pack = provenance.pop("pack")
@@ -92,6 +96,7 @@ def make_config(
         "normalizer": normalizer_config(normalizer),
         "tile_transforms": [transform.to_dict() for transform in tile_transforms],
         "tissue": tissue,
+        "reader": reader,
         "num_features": extractor.num_features,
         "tile_px": tile_px,
         "tile_um": tile_um,
@@ -122,6 +127,7 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
     out["tile_transforms"] = out["tile_transforms"] or []
     out["tissue"] = config.get("tissue", "otsu")  # written before it was recorded: the default
+    out["reader"] = config.get("reader", "auto")
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
     ignored = set(_SPEED_ONLY_KWARGS)
@@ -242,6 +248,17 @@ def _json_scalar_tree(value: Any) -> bool:
     return False
 
 
+def _tissue_record(record: Any) -> bool:
+    if record is None or isinstance(record, str):
+        return True
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("name"), str)
+        and set(record) <= {"name", "kwargs"}
+        and _json_scalar_tree(record.get("kwargs", {}))
+    )
+
+
 def _validate(config: Any, file: Path) -> None:
     problem = None
     if not isinstance(config, dict):
@@ -261,8 +278,11 @@ def _validate(config: Any, file: Path) -> None:
             problem = "'normalizer' must be null or {'method': <name>, 'fit': {...}}"
         elif not _tile_transforms_record(config.get("tile_transforms")):
             problem = "'tile_transforms' must be a list of {'name': <name>, 'kwargs': {...}}"
-        elif not isinstance(config.get("tissue", "otsu"), (str, type(None))):
-            problem = "'tissue' must be null or a tissue detector's name"
+        elif not _tissue_record(config.get("tissue", "otsu")):
+            problem = (
+                "'tissue' must be null, a tissue detector's name or {'name': <name>, "
+                "'kwargs': {...}}"
+            )
         elif not isinstance(config.get("writer"), str):
             problem = "'writer' must be a registered writer name"
     if problem:

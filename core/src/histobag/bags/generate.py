@@ -55,6 +55,7 @@ from histobag.io.bag_writers import BagWriter, get_writer
 from histobag.naming import safe_name
 from histobag.slide import WSI
 from histobag.slide.magnification import tile_microns
+from histobag.slide.readers import as_source, source_stem
 from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
 from histobag.tile_transforms import resolve_tile_transforms
 
@@ -116,6 +117,8 @@ class BagSink:
         with self.lock:
             self.report.done[result.key] = n
             self.report.note(result.key, seconds=_seconds_since(claim))
+            if result.geometry.reader:  # which library read the slide, recorded per slide
+                self.report.note(result.key, reader=result.geometry.reader)
             self.save()
         if self.on_slide:
             self.on_slide(result.key, "done", n)
@@ -394,6 +397,7 @@ def generate_feature_bags(
         coordinates=bag_writer.coordinates,
         tile_transforms=tile_transforms,
         tissue=getattr(dataset, "tissue", "otsu"),
+        reader=getattr(dataset, "reader", "auto"),
     )
     if isinstance(shard, str):
         shard = parse_shard(shard)
@@ -558,7 +562,7 @@ def _empty_run_message(jobs: list[tuple[str, Job | str]], report: BagRunReport) 
 def slide_jobs(dataset: Any, source: str, max_tiles: int) -> list[tuple[str, Job | str]]:
     """(bag name, job or failure reason) for every slide of the dataset."""
     validation.check_choice("source", source, SOURCES)
-    slide_paths = {Path(p).stem: Path(p) for p in dataset.slide_paths()}
+    slide_paths = {source_stem(p): as_source(p) for p in dataset.slide_paths()}
     tfrecords = {Path(p).stem: Path(p) for p in dataset.tfrecords()} if source != "slides" else {}
     names = sorted(set(dataset.slides()) | (set(tfrecords) if source == "tfrecords" else set()))
     out: list[tuple[str, Job | str]] = []

@@ -2,32 +2,48 @@
 
 Two stages, as in slideflow:
 
-1. A slide-level tissue mask (:func:`otsu_tissue_mask`) computed once on a thumbnail decides
-   which grid positions are tiled at all (:func:`grid_fraction`).
+1. A slide-level tissue mask computed once on a thumbnail decides which grid positions are
+   tiled at all (:func:`grid_fraction`). Tissue detectors are plugins (the
+   ``histobag_tissue_detectors`` hook); :func:`resolve_tissue_detector` turns what a user
+   passes as ``tissue=`` into a detector and the record kept in ``bags_config.json``. Core
+   provides ``otsu`` (:func:`otsu_tissue_mask`) and ``hsv``
+   (:mod:`histobag.slide.tissue_hsv`).
 2. Per-tile filters (:func:`tile_filter_mask`) look at the pixels of each tile as it is read and
    drop mostly-gray (unstained) or mostly-white tiles.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from histobag import plugins
+from histobag.slide.errors import TileSettingsError
+
 __all__ = [
+    "OtsuDetector",
     "TissueDetector",
+    "build_otsu",
     "grayspace_fraction",
     "grid_fraction",
     "otsu_tissue_mask",
+    "resolve_tissue_detector",
     "saturation",
     "tile_filter_mask",
     "whitespace_fraction",
 ]
 
-#: A tissue detector maps an RGB uint8 thumbnail (H, W, 3) to a bool mask (H, W).
-TissueDetector = Callable[[np.ndarray], np.ndarray]
+#: A tissue detector maps an RGB uint8 thumbnail (H, W, 3) at ``mpp`` µm/px, called as
+#: ``detector(thumbnail, mpp=mpp)``, to a bool mask (H, W). (Before detectors were plugins
+#: they took the thumbnail alone; :func:`resolve_tissue_detector` still accepts those.)
+TissueDetector = Callable[..., np.ndarray]
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -167,3 +183,153 @@ def tile_filter_mask(
     if whitespace_fraction_max < 1.0:
         keep &= whitespace_fraction(tiles, whitespace_threshold) <= whitespace_fraction_max
     return keep
+
+
+@dataclass(frozen=True)
+class OtsuDetector:
+    """The ``otsu`` tissue detector: :func:`otsu_tissue_mask` with a fixed blur.
+
+    Attributes:
+        sigma: Gaussian blur in thumbnail pixels before thresholding (``mpp`` is ignored, as
+            it always was: thumbnails are at a fixed resolution).
+    """
+
+    sigma: float = 2.0
+
+    def __call__(self, thumbnail: np.ndarray, mpp: float | None = None) -> np.ndarray:
+        """Tissue mask of ``thumbnail`` (uint8 (H, W, 3)); bool (H, W)."""
+        return otsu_tissue_mask(thumbnail, sigma=self.sigma)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this detector (recorded in ``bags_config.json``)."""
+        return {"sigma": self.sigma}
+
+
+def build_otsu(sigma: float = 2.0) -> OtsuDetector:
+    """Factory of the ``otsu`` tissue detector (Otsu on the blurred HSV saturation).
+
+    Args:
+        sigma: Gaussian blur in thumbnail pixels; 0 disables it.
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
+        raise ValueError(f"sigma must be a number >= 0, got {sigma!r}")
+    return OtsuDetector(float(sigma))
+
+
+class _ThumbnailOnly:
+    """Adapts a detector of the old contract (thumbnail only) to ``detector(thumb, mpp=...)``.
+
+    A class rather than a closure so that it pickles whenever the detector does.
+    """
+
+    def __init__(self, detector: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.detector = detector
+
+    def __call__(self, thumbnail: np.ndarray, mpp: float | None = None) -> np.ndarray:
+        return self.detector(thumbnail)
+
+    def __repr__(self) -> str:
+        return f"_ThumbnailOnly({self.detector!r})"
+
+
+def _takes_mpp(detector: Callable[..., Any]) -> bool:
+    """Whether ``detector`` accepts an ``mpp`` keyword argument."""
+    try:
+        parameters = inspect.signature(detector).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): the old contract
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "mpp" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in parameters
+    )
+
+
+def _callable_name(detector: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of a user's detector, for the record."""
+    target = detector if hasattr(detector, "__qualname__") else type(detector)
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _json_kwargs(name: str, kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` as a JSON round trip (lists for tuples), or a clear error."""
+    if not isinstance(kwargs, dict):
+        raise TileSettingsError(
+            f"tissue detector {name!r}: kwargs must be a dict, got {type(kwargs).__name__}."
+        )
+    try:
+        return json.loads(json.dumps(kwargs, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise TileSettingsError(
+            f"tissue detector {name!r}: kwargs must be JSON-able (they are recorded in "
+            f"bags_config.json): {error}"
+        ) from None
+
+
+def resolve_tissue_detector(
+    tissue: str | dict[str, Any] | TissueDetector | None,
+) -> tuple[TissueDetector | None, dict[str, Any] | None]:
+    """Turn a ``tissue=`` argument into a detector and the record of it for the bags config.
+
+    Args:
+        tissue: One of
+
+            - ``None``: no tissue detection;
+            - a registered detector's name, e.g. ``"otsu"`` or ``"hsv"``, with its defaults;
+            - ``{"name": <registered name>, "kwargs": {...}}`` (``kwargs`` optional, JSON-able);
+            - a callable: ``detector(thumbnail, mpp=...)``, or ``detector(thumbnail)`` (the
+              contract before detectors were plugins), wrapped to accept ``mpp``.
+
+    Returns:
+        ``(detector, record)``: the detector, called as ``detector(thumbnail, mpp=mpp)``, and
+        ``{"name": ..., "kwargs": {...}}`` to record (both ``None`` for ``None``). The record's
+        kwargs are every parameter, defaults included, when the detector tells them (a
+        ``to_dict()`` method), else those given. A callable is recorded as
+        ``{"name": "module:qualname", "kwargs": <its to_dict(), or {}>}``.
+
+    Raises:
+        TileSettingsError: Unknown name, malformed dict, kwargs that are not JSON-able or
+            that the detector refuses.
+
+    Example:
+        >>> detector, record = resolve_tissue_detector({"name": "otsu", "kwargs": {"sigma": 1}})
+        >>> record
+        {'name': 'otsu', 'kwargs': {'sigma': 1.0}}
+    """
+    if tissue is None:
+        return None, None
+    if callable(tissue):
+        detector = tissue if _takes_mpp(tissue) else _ThumbnailOnly(tissue)
+        to_dict = getattr(tissue, "to_dict", None)
+        name = _callable_name(tissue)
+        return detector, {
+            "name": name,
+            "kwargs": _json_kwargs(name, to_dict()) if callable(to_dict) else {},
+        }
+    if isinstance(tissue, dict):
+        unknown = set(tissue) - {"name", "kwargs"}
+        if "name" not in tissue or unknown or not isinstance(tissue["name"], str):
+            raise TileSettingsError(
+                "tissue as a dict must be {'name': <registered detector>, 'kwargs': {...}}, "
+                f"got {tissue!r}."
+            )
+        name, kwargs = tissue["name"], tissue.get("kwargs") or {}
+    elif isinstance(tissue, str):
+        name, kwargs = tissue, {}
+    else:
+        name, kwargs = None, {}
+    specs = plugins.tissue_detector_specs()
+    if name not in specs:
+        raise TileSettingsError(
+            f"tissue must be None, a callable, a registered tissue detector "
+            f"({', '.join(sorted(specs))}) or {{'name': ..., 'kwargs': {{...}}}}, got {tissue!r}."
+        )
+    kwargs = _json_kwargs(name, kwargs)
+    try:
+        detector = specs[name].load()(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise TileSettingsError(f"tissue detector {name!r}: {error}") from None
+    to_dict = getattr(detector, "to_dict", None)
+    recorded = _json_kwargs(name, to_dict()) if callable(to_dict) else kwargs
+    return detector, {"name": name, "kwargs": recorded}

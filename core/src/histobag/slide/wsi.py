@@ -1,34 +1,38 @@
-"""``WSI``: a whole-slide image read through OpenSlide, with its tile grid.
+"""``WSI``: a whole-slide image, read through a slide reader (OpenSlide by default), with its
+tile grid.
 
-Levels of plain tiled TIFF slides are decoded from their tiles directly (``tiff_tiles``): the
-same pixels for a tenth of the CPU.
+The reader (:mod:`histobag.slide.readers`) only opens the file and reads regions; the grid,
+tissue detection, ROIs and resizing are done here, the same way for every reader.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import openslide
 from PIL import Image
 
 from histobag import validation
-from histobag.errors import MissingMPPError, SlideOpenError, SlideReadError
+from histobag.errors import MissingMPPError, SlideReadError
 from histobag.io.images import encode_image
 from histobag.io.tfrecord import TFRecordWriter
 from histobag.naming import safe_name
 from histobag.slide import tissue as _tissue
 from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, tile_microns
+from histobag.slide.readers.base import SlideReader
+from histobag.slide.readers.openslide_reader import rgba_to_rgb
+from histobag.slide.readers.select import AUTO, is_url, open_reader
 from histobag.slide.roi import ROI, as_rois, points_in_rois
-from histobag.slide.tiff_tiles import TiledTiffLevels
 from histobag.slide.tiling import Level, best_level, grid_starts, read_size
 
 __all__ = ["MASK_MAX_SIDE", "MASK_MPP", "MPP_RANGE", "RESIZE_FILTER", "WSI", "rgba_to_rgb"]
+
 
 #: Plausible level-0 microns per pixel. Values outside usually come from a TIFF's default
 #: 72-dpi resolution tag (352.8 µm/px) rather than from a scanner, so they count as missing
@@ -50,47 +54,6 @@ RoiMethod = Literal["auto", "inside", "outside", "ignore"]
 _STRIP_TILES = 16
 
 
-def rgba_to_rgb(region: Image.Image | np.ndarray) -> np.ndarray:
-    """Composite an RGBA region onto white and return uint8 (H, W, 3).
-
-    OpenSlide returns transparent pixels outside scanned areas and beyond the slide's edge;
-    they become white. Fully opaque pixels are returned unchanged.
-    """
-    opaque = (
-        isinstance(region, Image.Image)
-        and region.mode == "RGBA"
-        and region.getchannel("A").getextrema() == (255, 255)
-    )
-    if opaque:  # PIL's C conversion is the fastest path
-        return np.asarray(region.convert("RGB"))
-    arr = np.asarray(region)
-    if arr.ndim == 3 and arr.shape[-1] == 3:
-        return arr
-    rgb, alpha = arr[..., :3], arr[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.uint16)
-    blended = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-    return blended.astype(np.uint8)
-
-
-def _open_slide(path: Path) -> openslide.OpenSlide:
-    if not path.is_file():
-        raise SlideOpenError(f"Slide file {path} does not exist. Check the path.")
-    try:
-        return openslide.OpenSlide(str(path))
-    except openslide.OpenSlideUnsupportedFormatError:
-        raise SlideOpenError(
-            f"Cannot open slide {path}: OpenSlide does not recognise its format. Use a "
-            "format OpenSlide supports (SVS, NDPI, MRXS, SCN, pyramidal TIFF, DICOM, ...)."
-        ) from None
-    except (openslide.OpenSlideError, OSError) as exc:
-        raise SlideOpenError(
-            f"Cannot open slide {path}: {exc}. The file is corrupt or uses an encoding "
-            "OpenSlide cannot decode; re-export it from the scanner software or exclude it."
-        ) from None
-
-
 class WSI:
     """A whole-slide image and the grid of tiles to extract from it.
 
@@ -107,7 +70,8 @@ class WSI:
     once by :meth:`filter_tiles`.
 
     Args:
-        path: Slide file (any format OpenSlide opens).
+        path: Slide file, folder (OME-Zarr, DICOM) or URL (``https://``, ``s3://``...: needs
+            a reader for it, e.g. ``histobag[remote]``).
         tile_px: Tile side in pixels after resizing.
         tile_um: Tile side in µm, or a magnification such as ``"20x"`` (``tile_px * 10 / 20``
             µm).
@@ -118,8 +82,11 @@ class WSI:
         roi_method: ``"inside"`` keeps tiles whose centre lies in an ROI, ``"outside"`` those
             outside all ROIs, ``"ignore"`` disregards ROIs, ``"auto"`` is ``"inside"`` when
             ROIs are given, else ``"ignore"``.
-        tissue: ``"otsu"`` (Otsu on the thumbnail's HSV saturation), ``None`` (no tissue
-            detection), or a callable mapping an RGB uint8 thumbnail (H, W, 3) to a bool mask.
+        tissue: A registered tissue detector's name (``"otsu"``: Otsu on the thumbnail's HSV
+            saturation; ``"hsv"``: keeps pale and haematoxylin-only tissue, drops pen marks
+            and dust), ``{"name": ..., "kwargs": {...}}``, ``None`` (no tissue detection), or
+            a callable mapping an RGB uint8 thumbnail (H, W, 3) (and ``mpp=``, its µm per
+            pixel) to a bool mask. What was used is :attr:`tissue_record`.
         tissue_fraction: Smallest fraction of a tile's footprint the tissue mask must cover.
         grayspace_fraction: Discard a tile when more than this fraction of its pixels is gray
             (1.0 disables the filter).
@@ -130,6 +97,9 @@ class WSI:
             it counts as white.
         use_edge_tiles: Also tile the partial strip at the right and bottom edges (the part
             beyond the slide reads as white).
+        reader: ``"auto"`` (the first registered reader that opens the slide, OpenSlide for
+            the formats it knows) or a reader's name (``histobag slides --readers`` lists
+            them). The reader used is :attr:`reader_name`.
 
     Raises:
         SlideOpenError: The file cannot be opened.
@@ -140,7 +110,7 @@ class WSI:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         tile_px: int,
         tile_um: TileUm,
         *,
@@ -148,16 +118,21 @@ class WSI:
         mpp: float | None = None,
         roi: str | Path | ROI | Iterable[Any] | None = None,
         roi_method: RoiMethod = "auto",
-        tissue: str | _tissue.TissueDetector | None = "otsu",
+        tissue: str | dict[str, Any] | _tissue.TissueDetector | None = "otsu",
         tissue_fraction: float = 0.5,
         grayspace_fraction: float = 0.6,
         grayspace_threshold: float = 0.05,
         whitespace_fraction: float = 1.0,
         whitespace_threshold: int = 230,
         use_edge_tiles: bool = False,
+        reader: str = AUTO,
     ) -> None:
-        self.path = Path(path)
-        self.name = self.path.stem
+        self.source = os.fspath(path)
+        #: The slide's file or folder (a URL stays a string).
+        self.path: Path | str = self.source if is_url(self.source) else Path(self.source)
+        self.name = Path(self.source.split("?", 1)[0].rstrip("/")).name.split(".", 1)[0] or "slide"
+        if isinstance(self.path, Path):
+            self.name = self.path.stem
         self.tile_microns = tile_microns(tile_px, tile_um)
         validation.check_tile_size(tile_px, tile_um, error=TileSettingsError)
         for name, value in [
@@ -181,17 +156,19 @@ class WSI:
         self.whitespace_fraction = whitespace_fraction
         self.whitespace_threshold = whitespace_threshold
         self.use_edge_tiles = use_edge_tiles
-        self._osr: openslide.OpenSlide | None = None
-        self._tiff: TiledTiffLevels | None = None
-
-        osr = self._slide
-        self.properties: dict[str, str] = dict(osr.properties)
-        self.vendor: str | None = self.properties.get(openslide.PROPERTY_NAME_VENDOR)
-        self.dimensions: tuple[int, int] = tuple(osr.dimensions)  # type: ignore[assignment]
+        self._reader: SlideReader | None = None
+        #: The reader used (a registered name), and its library's version.
+        self.reader_name, self._reader = open_reader(self.source, reader)
+        slide = self._reader
+        self.reader_version: str = slide.version
+        self.properties: dict[str, str] = dict(slide.properties)
+        self.vendor: str | None = slide.vendor
+        self.dimensions: tuple[int, int] = tuple(slide.dimensions)  # type: ignore[assignment]
         self.levels = [
             Level(i, tuple(dims), float(ds))  # type: ignore[arg-type]
-            for i, (dims, ds) in enumerate(zip(osr.level_dimensions, osr.level_downsamples))
+            for i, (dims, ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples))
         ]
+        self.recorded_mpp: float | None = slide.mpp
         self.mpp = self._resolve_mpp(mpp)
 
         self.full_extract_px = round(self.tile_microns / self.mpp)
@@ -216,27 +193,21 @@ class WSI:
     # ---------------------------------------------------------------- setup
 
     @property
-    def _slide(self) -> openslide.OpenSlide:
-        """The OpenSlide handle, opened on first use (and again after unpickling)."""
-        if self._osr is None:
-            self._osr = _open_slide(self.path)
-            vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR)
-            self._tiff = TiledTiffLevels.open(self.path, vendor, self._osr.level_dimensions)
-        return self._osr
+    def _slide(self) -> SlideReader:
+        """The reader, opened on first use (and again after unpickling, with the same one)."""
+        if self._reader is None:
+            _, self._reader = open_reader(self.source, self.reader_name)
+        return self._reader
 
     def _resolve_mpp(self, mpp: float | None) -> float:
         if mpp is not None:
             return validation.check_mpp(mpp, error=TileSettingsError)
-        raw = self.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        try:
-            value = float(raw) if raw is not None else math.nan
-        except ValueError:
-            value = math.nan
+        value = math.nan if self.recorded_mpp is None else float(self.recorded_mpp)
         if MPP_RANGE[0] <= value <= MPP_RANGE[1]:
             return value
         found = (
             f"records an implausible mpp of {value:g} µm/px (often a default resolution tag)"
-            if raw is not None and not math.isnan(value)
+            if not math.isnan(value)
             else "does not record its microns per pixel"
         )
         raise MissingMPPError(
@@ -269,24 +240,19 @@ class WSI:
         scale = max(mask_mpp / self.mpp, max(width, height) / MASK_MAX_SIDE, 1.0)
         return max(1, round(width / scale)), max(1, round(height / scale))
 
-    def _build_grid(self, tissue: str | _tissue.TissueDetector | None) -> None:
+    def _build_grid(self, tissue: str | dict[str, Any] | _tissue.TissueDetector | None) -> None:
         width, height = self.dimensions
         extent, stride = self.full_extract_px, self.stride_px
         self.grid_x = grid_starts(width, extent, stride, self.use_edge_tiles)
         self.grid_y = grid_starts(height, extent, stride, self.use_edge_tiles)
         grid = np.ones((len(self.grid_y), len(self.grid_x)), dtype=bool)
 
-        detector: _tissue.TissueDetector | None
-        if tissue is None or callable(tissue):
-            detector = tissue
-        elif tissue == "otsu":
-            detector = _tissue.otsu_tissue_mask
-        else:
-            raise TileSettingsError(f"tissue must be 'otsu', None or a callable, got {tissue!r}.")
-
+        detector, self.tissue_record = _tissue.resolve_tissue_detector(tissue)
         if detector is not None and grid.size:
-            thumb = self._read_thumbnail(self._mask_size(), Image.Resampling.BOX)
-            mask = np.asarray(detector(thumb), dtype=bool)
+            size = self._mask_size()
+            thumb = self._read_thumbnail(size, Image.Resampling.BOX)
+            mask_mpp = self.mpp * width / size[0]
+            mask = np.asarray(detector(thumb, mpp=mask_mpp), dtype=bool)
             if mask.shape != thumb.shape[:2]:
                 raise TileSettingsError(
                     f"The tissue detector returned a mask of shape {mask.shape} for a thumbnail "
@@ -313,40 +279,23 @@ class WSI:
 
     # ---------------------------------------------------------------- reading
 
-    def _read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Any:
-        """RGBA image or RGB array of ``size`` level pixels from level-0 ``location``."""
-        osr = self._slide
-        if self._tiff is not None:
-            rgb = self._read_tiff_tiles(location, level, size)
-            if rgb is not None:
-                return rgb
+    def _read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """uint8 RGB (h, w, 3) of ``size`` level pixels from level-0 ``location``."""
         try:
-            return osr.read_region(location, level, size)
-        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            return self._slide.read_region(location, level, size)
+        except Exception as exc:  # a reader's library may raise anything on a damaged file
             raise SlideReadError(
                 f"Cannot read slide {self.path} at level-0 (x, y) = {location}, level {level}, "
-                f"size {size}: {exc}. The file is probably corrupt; re-export it or exclude "
-                "this slide."
+                f"size {size} ({self.reader_name}): {exc}. The file is probably corrupt; "
+                "re-export it or exclude this slide."
             ) from None
-
-    def _read_tiff_tiles(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> np.ndarray | None:
-        """The region decoded from the TIFF tiles, when this level allows it and the location
-        falls on whole level pixels (elsewhere OpenSlide interpolates); else ``None``."""
-        downsample = self.levels[level].downsample
-        x, y = location[0] / downsample, location[1] / downsample
-        if not (x.is_integer() and y.is_integer()):
-            return None
-        try:
-            return self._tiff.read(level, int(x), int(y), size[0], size[1])  # type: ignore[union-attr]
-        except Exception:  # a tile that fails to decode: OpenSlide reads (or reports) it
-            return None
 
     def _read_thumbnail(self, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
         width, height = self.dimensions
         downsample = max(width / size[0], height / size[1])
-        level = self._slide.get_best_level_for_downsample(downsample)
+        level = self._slide.best_level_for_downsample(downsample)
         region = self._read_region((0, 0), level, self.levels[level].dimensions)
         image = Image.fromarray(rgba_to_rgb(region))
         if image.size != size:
@@ -531,19 +480,17 @@ class WSI:
         return len(self.coords)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The OpenSlide handle cannot be pickled: each process reopens the file lazily.
+        # A reader's file handle cannot be pickled: each process reopens the slide lazily,
+        # with the same reader.
         state = self.__dict__.copy()
-        state["_osr"] = state["_tiff"] = None
+        state["_reader"] = None
         return state
 
     def close(self) -> None:
-        """Close the slide file (reopened automatically on the next read)."""
-        if self._tiff is not None:
-            self._tiff.close()
-            self._tiff = None
-        if self._osr is not None:
-            self._osr.close()
-            self._osr = None
+        """Close the slide (reopened automatically on the next read)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __enter__(self) -> WSI:
         return self
@@ -553,7 +500,8 @@ class WSI:
 
     def __repr__(self) -> str:
         return (
-            f"WSI(name={self.name!r}, dimensions={self.dimensions}, mpp={self.mpp:g}, "
+            f"WSI(name={self.name!r}, reader={self.reader_name!r}, "
+            f"dimensions={self.dimensions}, mpp={self.mpp:g}, "
             f"tile_px={self.tile_px}, tile_um={self.tile_um!r}, level={self.level}, "
             f"tiles={len(self)})"
         )

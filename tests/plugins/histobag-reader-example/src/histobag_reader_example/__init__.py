@@ -1,0 +1,1 @@
+"""Example third-party histobag pack: a reader for ``.npyslide`` files."""
