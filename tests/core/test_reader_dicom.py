@@ -318,3 +318,18 @@ def test_without_wsidicom_the_error_names_the_extra(slides, monkeypatch):
     monkeypatch.setitem(sys.modules, "wsidicom", None)  # makes `import wsidicom` raise
     with pytest.raises(MissingDependencyError, match=r"histobag\[dicom\]"):
         DicomReader(str(slides["raw"]))
+
+
+def test_a_folder_of_dicom_slides_is_a_dataset(slides, tmp_path):
+    """A dataset folder whose sub-folders each hold one DICOM WSI (only .dcm files) lists one
+    slide per sub-folder, opened by the dicom reader; a folder mixing .dcm with other files
+    is not taken for a slide."""
+    root = tmp_path / "cohort"
+    for name, folder in slides.items():
+        shutil.copytree(folder, root / f"case-{name}")
+    mixed = root / "mixed"
+    shutil.copytree(slides["raw"], mixed)
+    (mixed / "notes.txt").write_text("not a slide")
+    dataset = histobag.Dataset(root, tile_px=16, tile_um=32)
+    assert dataset.slides() == ["case-jpeg", "case-raw"]
+    assert dataset.wsi("case-raw").reader_name == "dicom"

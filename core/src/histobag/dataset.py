@@ -46,7 +46,8 @@ def find_slides(slides: str | Path | Iterable[str | Path]) -> dict[str, Path]:
     """
     if isinstance(slides, str | Path):
         folder = validation.check_slide_folder(slides, name="slides=", error=ConfigError)
-        paths = walk_slides(folder, slide_suffixes())
+        dicom = "dicom" in slide_reader_specs()  # a folder of .dcm files is one slide
+        paths = walk_slides(folder, slide_suffixes(), dicom_folders=dicom)
     else:  # URLs (https://, s3://...) stay strings: a Path would fold their "//"
         paths = [as_source(p) for p in slides]
     found: dict[str, Path] = {}

@@ -44,14 +44,24 @@ def slide_suffixes(*, dicom: bool = False) -> tuple[str, ...]:
     return tuple(sorted(found | ({".dcm"} if dicom else set())))
 
 
-def walk_slides(folder: str | os.PathLike[str], suffixes: tuple[str, ...]) -> list[Path]:
+def is_dicom_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds one DICOM WSI: only ``.dcm`` files (at least one), no
+    sub-folders (hidden files aside)."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    return bool(entries) and all(e.is_file() and e.suffix.lower() == ".dcm" for e in entries)
+
+
+def walk_slides(
+    folder: str | os.PathLike[str], suffixes: tuple[str, ...], *, dicom_folders: bool = False
+) -> list[Path]:
     """Files and folders (OME-Zarr, ...) under ``folder`` named like slides, sorted; a slide
-    folder is not searched further."""
+    folder is not searched further. With ``dicom_folders``, a sub-folder holding only
+    ``.dcm`` files is one slide (a DICOM WSI is a folder of files, one per level)."""
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         base = Path(root)
         for name in list(dirs):
-            if name.lower().endswith(suffixes):
+            if name.lower().endswith(suffixes) or (dicom_folders and is_dicom_folder(base / name)):
                 found.append(base / name)
                 dirs.remove(name)
         found += [base / name for name in files if name.lower().endswith(suffixes)]
