@@ -118,17 +118,28 @@ def slides(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(slides, tmp_path_factory) -> dict[str, np.ndarray]:
-    """Bags of an uninterrupted run on a roomy disk: slide -> features."""
+def reference_run(slides, tmp_path_factory) -> Path:
+    """The bags folder of an uninterrupted run on a roomy disk."""
     outdir = tmp_path_factory.mktemp("roomy")
     done = extract(slides, outdir)
     assert done.returncode == 0, done.stderr
-    writer = get_writer("pt", outdir)
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[str, np.ndarray]:
+    """Bags of the uninterrupted run: slide -> features."""
+    writer = get_writer("pt", reference_run)
     return {slide: writer.read(slide)[0].copy() for slide in writer.slides()}
 
 
-def bag_bytes(reference: dict[str, np.ndarray]) -> list[int]:
-    return [features.nbytes for _, features in sorted(reference.items())]
+def bag_bytes(bags_dir: Path) -> list[int]:
+    """Bytes on disk of each slide's bag files (features, coordinates, index), by slide."""
+    writer = get_writer("pt", bags_dir)
+    return [
+        sum(path.stat().st_size for path in writer.files(slide))
+        for slide in sorted(writer.slides())
+    ]
 
 
 def assert_only_whole_bags(outdir: Path, reference: dict[str, np.ndarray]) -> list[str]:
@@ -148,9 +159,9 @@ def assert_only_whole_bags(outdir: Path, reference: dict[str, np.ndarray]) -> li
 @pytest.mark.slow
 @pytest.mark.parametrize("fill", ["first slide", "third slide"])
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_rerun_completes(
-    tmpfs, slides, reference, fill
+    tmpfs, slides, reference, reference_run, fill
 ):
-    sizes = bag_bytes(reference)
+    sizes = bag_bytes(reference_run)
     # Room for the configuration and reports, and for none or two of the bags.
     room = 64 * 1024 + (0 if fill == "first slide" else sizes[0] + sizes[1] + 32 * 1024)
     disk = tmpfs(room)

@@ -20,11 +20,11 @@ import torch
 
 import histobag
 import histobag.engine
-import histobag.slide.tissue
 from histobag.device_results import FeaturesInFlight, non_finite_rows
 from histobag.engine import CollectSink, Job, run
 from histobag.errors import ArgumentError, SharedMemoryError
 from histobag.geometry import TileGeometry
+from histobag.slide.tissue_hsv import HSVTissueDetector
 from histobag.tile_readers import OpenWSI, Subsample
 from histobag.worker_start import check_importable, shared_memory_error, worker_context
 from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, make_slides
@@ -68,17 +68,17 @@ def _assert_same_bags(results, reference) -> None:
 
 @pytest.fixture
 def count_tissue_detections(tmp_path, monkeypatch):
-    """Count Otsu tissue detections in this process and in forked workers (a file, since
-    workers are processes)."""
+    """Count tissue detections by the default detector (hsv) in this process and in forked
+    workers (a file, since workers are processes)."""
     log = tmp_path / "detections.log"
-    otsu = histobag.slide.tissue.otsu_tissue_mask
+    detect = HSVTissueDetector.__call__
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         with open(log, "a") as out:
             out.write(f"{os.getpid()}\n")
-        return otsu(*args, **kwargs)
+        return detect(self, *args, **kwargs)
 
-    monkeypatch.setattr(histobag.slide.tissue, "otsu_tissue_mask", counted)
+    monkeypatch.setattr(HSVTissueDetector, "__call__", counted)
     return lambda: len(log.read_text().splitlines()) if log.exists() else 0
 
 

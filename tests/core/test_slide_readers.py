@@ -19,6 +19,7 @@ from histobag.slide import WSI
 from histobag.slide.errors import TileSettingsError
 from histobag.slide.readers import SlideReader, candidates, open_reader, reader_names
 from histobag.slide.samples import sample_slide
+from histobag.slide.tissue import tissue_record
 from histobag.specs import SlideReaderSpec
 from tests.core.bag_helpers import PIXELNET
 from tests.core.conftest import VENDOR_DIR
@@ -267,4 +268,4 @@ def test_tissue_detectors_are_chosen_by_name_and_recorded(tmp_path):
     hsv.filter_tiles()  # the grid, less the tiles the pixel filters drop
     assert report.done == {"s": len(hsv)}  # the bag holds exactly the hsv grid's tiles
     config = read_config(tmp_path / "bags")
-    assert config["tissue"] == "hsv" and fingerprint(config)["tissue"] == "hsv"
+    assert config["tissue"] == tissue_record("hsv") == fingerprint(config)["tissue"]

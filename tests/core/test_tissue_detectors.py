@@ -164,12 +164,31 @@ def test_hsv_sizes_are_physical(generated):
     double = np.repeat(np.repeat(case.thumbnail, 2, axis=0), 2, axis=1)
     known = np.repeat(np.repeat(case.mask, 2, axis=0), 2, axis=1)
     assert iou(hsv(double, mpp=case.mpp / 2), known) >= 0.9
-    # A pink disc of 80 px: 20,000 µm² at 16 µm/px (dust), 128,000 µm² at 40 µm/px (tissue).
-    thumb = np.full((64, 64, 3), 240, dtype=np.uint8)
-    yy, xx = np.mgrid[:64, :64]
-    thumb[np.hypot(yy - 32, xx - 32) < 5] = (220, 140, 190)
+    # A pink disc of 80 px on 256 x 256 px of glass (a slide of 16.8 mm² at 16 µm/px, where
+    # the absolute dust rule applies): 20,000 µm² at 16 µm/px (dust), 128,000 µm² at 40 µm/px.
+    thumb = np.full((256, 256, 3), 240, dtype=np.uint8)
+    yy, xx = np.mgrid[:256, :256]
+    thumb[np.hypot(yy - 128, xx - 128) < 5] = (220, 140, 190)
     assert not hsv(thumb, mpp=16.0).any()
     assert hsv(thumb, mpp=40.0).sum() > 50
+
+
+def test_hsv_size_rules_are_capped_on_small_images():
+    """On an image smaller than the dust rule (a crop, a TMA core) tissue is what is large for
+    that image: pieces of at least ``min_tissue_fraction`` of it stay, smaller specks go."""
+    hsv = build_hsv()
+    # 48 x 32 px at 8 µm/px: 98,304 µm² of slide, less than twice min_tissue_um2 (50,000).
+    thumb = np.full((32, 48, 3), 240, dtype=np.uint8)
+    yy, xx = np.mgrid[:32, :48]
+    tissue = (np.abs(yy - 16) < 9) & (np.abs(xx - 14) < 9)  # 17 x 17 px: 18,496 µm², 19%
+    thumb[tissue] = (200, 120, 170)
+    thumb[3, 44] = (200, 120, 170)  # a one-pixel speck: 0.07% of the image
+    mask = hsv(thumb, mpp=8.0)
+    assert mask[tissue].mean() > 0.9
+    assert not mask[:, 30:].any()
+    # Without the cap (fractions of 1: never below the absolute rule) the tissue is dust.
+    uncapped = build_hsv(min_tissue_fraction=1.0, max_hole_fraction=1.0)
+    assert not uncapped(thumb, mpp=8.0).any()
 
 
 def test_hsv_on_blank_glass_and_on_tissue_only():
@@ -281,3 +300,19 @@ def test_hsv_refuses_a_missing_mpp_or_a_grey_image():
         hsv(np.zeros((4, 4, 3), np.uint8), mpp=0)
     with pytest.raises(ValueError, match=r"RGB \(H, W, 3\)"):
         hsv(np.zeros((4, 4), np.uint8), mpp=8.0)
+
+
+def test_hsv_finds_pale_tissue_resolved_into_cells_on_a_fine_thumbnail():
+    """At 2 µm/px pale tissue is sparse stained cells on bright gaps: no pixel-wise colour
+    rule calls most of it tissue. Averaged to ``work_mpp`` (8 µm/px) it is faintly coloured."""
+    rng = np.random.default_rng(3)
+    thumb = np.full((250, 254, 3), 244, dtype=np.uint8)  # not whole 4 x 4 blocks
+    known = np.zeros((250, 254), dtype=bool)
+    known[64:192, 48:208] = True
+    cells = known & (rng.random(known.shape) < 0.3)  # 30% of the area: nuclei and fibres
+    thumb[cells] = (150, 165, 215)  # haematoxylin blue, saturation 0.3
+    mask = build_hsv()(thumb, mpp=2.0)
+    assert mask.shape == known.shape
+    assert iou(mask, known) >= 0.9
+    at_own_resolution = build_hsv(work_mpp=0)(thumb, mpp=2.0)
+    assert iou(at_own_resolution, known) < 0.5

@@ -11,7 +11,7 @@ from histobag.errors import (
     WeightsError,
     WeightsNotFoundError,
 )
-from histobag.extractors.weights import sha256sum, unwrap
+from histobag.extractors.weights import is_safetensors, sha256sum, unwrap
 from tests.core.toy_models import ToyNet, registered, toy_spec
 from tests.helpers import perturb_
 
@@ -147,3 +147,39 @@ def test_a_folder_of_hub_files_is_accepted(tmp_path, trained, tiles224):
         empty.mkdir()
         with pytest.raises(WeightsError, match="folder without a checkpoint"):
             histobag.build_feature_extractor("toy", weights=empty)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_a_hub_cache_link_to_a_suffixless_blob_is_read_in_its_format(
+    tmp_path, trained, tiles224, fmt
+):
+    """``hf_hub_download`` returns a link ``snapshots/<rev>/model.safetensors`` to a blob
+    without a suffix; the weights path is resolved, so the format comes from the content."""
+    blob = tmp_path / "blobs" / "3f2a9c41d0"
+    blob.parent.mkdir()
+    state = trained.state_dict()
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, blob)
+    else:
+        torch.save(state, blob)
+    link = (
+        tmp_path
+        / "snapshots"
+        / "main"
+        / f"model.{'safetensors' if fmt == 'safetensors' else 'bin'}"
+    )
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    assert is_safetensors(blob) == (fmt == "safetensors")
+    with registered(toy_spec()):
+        fe = histobag.build_feature_extractor(
+            "toy", weights=link, mixed_precision=False, device="cpu"
+        )
+    assert torch.allclose(fe(tiles224), _reference(trained, tiles224, fe), atol=1e-6)
+
+
+def test_a_small_or_odd_file_is_not_taken_for_safetensors(tmp_path):
+    for name, data in [("empty", b""), ("short", b"12345678{"), ("zip", b"PK\x03\x04" + bytes(12))]:
+        (tmp_path / name).write_bytes(data)
+        assert not is_safetensors(tmp_path / name)
+    assert not is_safetensors(tmp_path / "missing")

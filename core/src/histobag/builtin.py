@@ -9,10 +9,6 @@ from __future__ import annotations
 from histobag.hookspecs import hookimpl
 from histobag.specs import BagWriterSpec, SlideReaderSpec, TissueDetectorSpec, TransformSpec
 
-#: ``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
-#: The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
-#: transforms histobag called ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane``
-#: before, kept so that bags made with them rebuild exactly (see :mod:`histobag.bags.config`).
 BUILTIN_NORMALIZERS: tuple[tuple[str, str, str], ...] = (
     (
         "macenko",
@@ -70,6 +66,12 @@ BUILTIN_NORMALIZERS: tuple[tuple[str, str, str], ...] = (
         "histobag <= 0.1's vahadane (20 block-coordinate rounds from the Macenko estimate).",
     ),
 )
+"""``(name, "module:Class", description)`` of every built-in normalizer, for the plugin hook.
+
+The first seven carry slideflow's names with slideflow's meaning; ``legacy_*`` are the
+transforms histobag called ``macenko``, ``reinhard``, ``reinhard_mask`` and ``vahadane``
+before, kept so that bags made with them rebuild exactly (see :mod:`histobag.bags.config`).
+"""
 
 
 @hookimpl
@@ -167,6 +169,15 @@ def histobag_slide_readers() -> list[SlideReaderSpec]:
             license="MIT-CMU",
             description="plain PNG/JPEG (Pillow) and TIFF (tifffile) images without a "
             "pyramid; pass mpp=",
+        ),
+        SlideReaderSpec(
+            "cucim",
+            "histobag.slide.readers.cucim_reader:CuCIMReader",
+            suffixes=(".svs", ".tif", ".tiff", ".ptif"),
+            auto=False,  # opt-in: a corrupt JPEG tile decodes to black, not an error
+            license="Apache-2.0",
+            description="NVIDIA cuCIM: pyramidal TIFF/SVS, opt-in with reader='cucim' "
+            "(histobag[cucim], Linux x86-64)",
         ),
     ]
 

@@ -18,7 +18,7 @@ from histobag.slide.errors import TileSettingsError
 from histobag.slide.inventory import OPENSLIDE_SUFFIXES, slide_suffixes, walk_slides
 from histobag.slide.readers import AUTO, as_source, source_stem
 from histobag.slide.roi import find_roi_file
-from histobag.slide.tissue import resolve_tissue_detector
+from histobag.slide.tissue import DEFAULT_TISSUE_DETECTOR, tissue_record
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,7 +139,7 @@ class Dataset:
         tfrecords: Folder of ``<slide>.tfrecords`` files for this tile size.
         roi: Folder of ROI files ``<slide>.geojson`` / ``.json`` / ``.csv``.
         tissue: Tissue detection on each slide's thumbnail: a registered detector's name
-            (``"otsu"``, the default; ``"hsv"``; ``histobag slides`` shows masks), ``{"name":
+            (``"hsv"``, the default; ``"otsu"``; ``histobag slides`` shows masks), ``{"name":
             ..., "kwargs": {...}}``, or ``None`` to keep every grid tile that passes the pixel
             filters (grayspace and whitespace). Recorded in ``bags_config.json``.
         mpp: Level-0 microns per pixel for every slide, overriding (or standing in for) what
@@ -170,7 +170,7 @@ class Dataset:
         filter_blank: str | Sequence[str] | None = None,
         tfrecords: str | Path | None = None,
         roi: str | Path | None = None,
-        tissue: str | dict[str, Any] | None = "otsu",
+        tissue: str | dict[str, Any] | None = DEFAULT_TISSUE_DETECTOR,
         mpp: float | None = None,
         reader: str = AUTO,
     ) -> None:
@@ -190,7 +190,8 @@ class Dataset:
         self._add_filters(filters, filter_blank)
         self.tfrecords_dir = Path(tfrecords) if tfrecords is not None else None
         self.roi_dir = Path(roi) if roi is not None else None
-        resolve_tissue_detector(tissue)  # an unknown detector fails here, not per slide
+        # An unknown detector fails here, not per slide; the record goes to bags_config.json.
+        self.tissue_record = tissue_record(tissue)
         self.tissue = tissue
         self.mpp = None if mpp is None else validation.check_mpp(mpp, error=TileSettingsError)
         if reader != AUTO:

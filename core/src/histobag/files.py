@@ -148,11 +148,35 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _read_umask() -> int:
+    """The process's umask, without changing it (Linux reports it in /proc); elsewhere the
+    umask at import (reading it means setting it, which would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+_UMASK_AT_IMPORT = os.umask(0o022)
+os.umask(_UMASK_AT_IMPORT)
+
+
 def temporary_beside(final: Path) -> Path:
-    """Create and return an empty temporary file in ``final``'s folder (created if needed)."""
+    """Create and return an empty temporary file in ``final``'s folder (created if needed).
+
+    Its mode is what ``open()`` would give a new file (0666 less the umask), not mkstemp's
+    private 0600: renamed into place, it is the file others on a shared folder read.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=final.suffix, dir=final.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_read_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -295,7 +319,7 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes) -> bool:
 def _create_with_o_excl(final: Path, data: bytes) -> bool:
     """:func:`create_exclusive` without hard links: the file is briefly visible while written."""
     try:
-        fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # less the umask
     except FileExistsError:
         return False
     try:

@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histobag import validation
+from histobag.bags.config import CONFIG_NAME, fingerprint, read_config
 from histobag.dataset import Dataset, Filters
-from histobag.errors import ConfigError
+from histobag.errors import ConfigError, HistobagError
 from histobag.extractors.saved import is_saved_model
 from histobag.files import write_json_atomic
 from histobag.naming import safe_name
 from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, format_tile_um
+from histobag.slide.tissue import tissue_record
+from histobag.specs import DEFAULT_TISSUE_DETECTOR
 from histobag.tile_transforms import resolve_tile_transforms
 
 if TYPE_CHECKING:
@@ -190,14 +193,15 @@ class Project:
         *,
         filters: Filters | None = None,
         filter_blank: str | Sequence[str] | None = None,
-        tissue: str | dict[str, Any] | None = "otsu",
+        tissue: str | dict[str, Any] | None = DEFAULT_TISSUE_DETECTOR,
         mpp: float | None = None,
         reader: str = "auto",
     ) -> Dataset:
         """Return the project's slides as a :class:`~histobag.dataset.Dataset` at one tile size.
 
         Its TFRecord folder is :meth:`tfrecords_dir` for this tile size; ``tissue`` is a
-        tissue detector (``"otsu"``, ``"hsv"``, ...) or ``None`` (no tissue detection),
+        tissue detector (``"hsv"``, the default, ``"otsu"``, ...) or ``None`` (no tissue
+        detection),
         ``mpp`` overrides the slides' own resolution and ``reader`` picks the slide reader,
         as in :class:`~histobag.dataset.Dataset`.
 
@@ -262,13 +266,16 @@ class Project:
             parts = [tag, f"{dataset.tile_px}px", format_tile_um(dataset.tile_um)]
             parts += [norm_tag] if norm_tag else []
             parts += [t.name for t in transforms]
-            tissue = getattr(dataset, "tissue", "otsu")
+            tissue = getattr(dataset, "tissue", DEFAULT_TISSUE_DETECTOR)
             tissue_name = tissue.get("name") if isinstance(tissue, dict) else tissue
-            if tissue_name is None:
-                parts.append("no-tissue-detection")
-            elif tissue_name != "otsu" or isinstance(tissue, dict):
-                parts.append(f"tissue-{tissue_name}")  # another detector: another folder
             outdir = self.bags_dir / safe_name("_".join(parts))
+            if tissue_name is None:
+                outdir = outdir.with_name(f"{outdir.name}_no-tissue-detection")
+            elif (tissue_name != DEFAULT_TISSUE_DETECTOR or isinstance(tissue, dict)) and not (
+                _made_with(outdir, tissue)  # Otsu's folder from when it was the default
+            ):
+                # Another detector: another folder.
+                outdir = outdir.with_name(f"{outdir.name}_{safe_name(f'tissue-{tissue_name}')}")
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 
     def generate_features(self, model: Any, dataset: Dataset | None = None, **kwargs: Any) -> Any:
@@ -293,3 +300,19 @@ class Project:
 
     def __repr__(self) -> str:
         return f"Project({str(self.root)!r}, name={self.name!r})"
+
+
+def _made_with(bags_dir: Path, tissue: Any) -> bool:
+    """Whether ``bags_dir`` holds bags made with the tissue detection ``tissue``.
+
+    Bags made when Otsu was the default detector live in the folder without a ``tissue-``
+    suffix; asking for ``tissue="otsu"`` finds and resumes them there.
+    """
+    config_file = bags_dir / CONFIG_NAME
+    if not config_file.is_file():
+        return False
+    try:
+        recorded = fingerprint(read_config(config_file))["tissue"]
+        return bool(recorded == fingerprint({"tissue": tissue_record(tissue)})["tissue"])
+    except HistobagError:  # a damaged config: the run itself will say so
+        return False

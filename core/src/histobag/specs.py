@@ -399,6 +399,8 @@ class SlideReaderSpec:
             folder suffix such as ``".zarr"`` counts too.
         schemes: URL schemes it opens (e.g. ``("s3", "https")``); local files have none.
         priority: Higher is tried first among readers that claim a file (OpenSlide: 0).
+        auto: Whether ``reader="auto"`` tries it; ``False``: an opt-in reader, used only when
+            named (``reader="cucim"``).
         license: SPDX identifier of the library's licence.
         description: One line for listings.
         distribution: Providing distribution (filled in by the plugin manager).
@@ -409,6 +411,7 @@ class SlideReaderSpec:
     suffixes: tuple[str, ...] = ()
     schemes: tuple[str, ...] = ()
     priority: int = 0
+    auto: bool = True
     license: str = ""
     description: str = ""
     distribution: str = ""
@@ -433,6 +436,15 @@ class SlideReaderSpec:
     def load(self) -> Any:
         """Import and return the factory."""
         return import_object(self.factory, what=f"slide reader {self.name!r}")
+
+
+#: The tissue detector used when none is named: it keeps pale and haematoxylin-only tissue
+#: and drops pen marks and dust (:mod:`histobag.slide.tissue_hsv`).
+DEFAULT_TISSUE_DETECTOR = "hsv"
+
+#: The detector of bags configurations that record none (written when Otsu on saturation was
+#: the only detector) and the default before ``hsv``.
+LEGACY_TISSUE_DETECTOR = "otsu"
 
 
 @dataclass(frozen=True)

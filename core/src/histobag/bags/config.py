@@ -31,6 +31,8 @@ from histobag.errors import (
 from histobag.extractors.registry import RANDOM_WEIGHTS, build_feature_extractor
 from histobag.norm import normalizer_config
 from histobag.plugins import transform_specs
+from histobag.slide.errors import TileSettingsError
+from histobag.slide.tissue import LEGACY_TISSUE_DETECTOR, tissue_record
 from histobag.tile_transforms import resolve_tile_transforms
 
 CONFIG_NAME = "bags_config.json"
@@ -66,14 +68,15 @@ def make_config(
     writer: str,
     coordinates: str,
     tile_transforms: Sequence[Any] = (),
-    tissue: str | None = "otsu",
+    tissue: dict[str, Any] | None = None,
     reader: str = "auto",
 ) -> dict[str, Any]:
     """The configuration of a bag run (JSON-able).
 
     ``tile_transforms`` are built :class:`histobag.tile_transforms.TileTransform` objects; each is
     recorded as ``{"name", "kwargs"}`` and its pack's version goes with the other versions.
-    ``tissue`` is the dataset's tissue detection (``"otsu"`` or ``None``); ``reader`` its
+    ``tissue`` is the record of the dataset's tissue detection (``{"name", "kwargs"}`` from
+    :func:`histobag.slide.tissue.tissue_record`; ``None``: none); ``reader`` its
     slide reader (``"auto"`` or a name; the reader each slide was read with, and its version,
     go to the run report).
     """
@@ -126,7 +129,7 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     """
     out = {key: config.get(key) for key in FINGERPRINT_KEYS}
     out["tile_transforms"] = out["tile_transforms"] or []
-    out["tissue"] = config.get("tissue", "otsu")  # written before it was recorded: the default
+    out["tissue"] = _tissue_fingerprint(config.get("tissue", LEGACY_TISSUE_DETECTOR))
     out["reader"] = config.get("reader", "auto")
     provenance = config.get("provenance") or {}
     out.update({key: provenance.get(key) for key in PROVENANCE_FINGERPRINT})
@@ -138,6 +141,21 @@ def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: v for k, v in extractor["kwargs"].items() if k not in ignored}
         out["extractor"] = {**extractor, "kwargs": kwargs}
     return json.loads(json.dumps(out))  # normalise tuples/ints for comparison
+
+
+def _tissue_fingerprint(recorded: Any) -> Any:
+    """A recorded tissue detection in full (``{"name", "kwargs"}`` with every parameter).
+
+    Configurations written before detectors were recorded with their parameters hold a bare
+    name; a registered detector's name stands for its defaults. (No record at all means Otsu,
+    then the only detector: :data:`~histobag.slide.tissue.LEGACY_TISSUE_DETECTOR`.)
+    """
+    if isinstance(recorded, str):
+        try:
+            return tissue_record(recorded)
+        except TileSettingsError:  # a detector no longer installed: compare its name
+            return {"name": recorded, "kwargs": None}
+    return recorded
 
 
 #: Build options that change speed, not features: a compiled run may resume a plain one.
@@ -278,7 +296,7 @@ def _validate(config: Any, file: Path) -> None:
             problem = "'normalizer' must be null or {'method': <name>, 'fit': {...}}"
         elif not _tile_transforms_record(config.get("tile_transforms")):
             problem = "'tile_transforms' must be a list of {'name': <name>, 'kwargs': {...}}"
-        elif not _tissue_record(config.get("tissue", "otsu")):
+        elif not _tissue_record(config.get("tissue", LEGACY_TISSUE_DETECTOR)):
             problem = (
                 "'tissue' must be null, a tissue detector's name or {'name': <name>, "
                 "'kwargs': {...}}"

@@ -28,6 +28,7 @@ from histobag.bags.config import (
     CONFIG_NAME,
     build_normalizer,
     differences,
+    fingerprint,
     make_config,
     read_config,
 )
@@ -56,6 +57,7 @@ from histobag.naming import safe_name
 from histobag.slide import WSI
 from histobag.slide.magnification import tile_microns
 from histobag.slide.readers import as_source, source_stem
+from histobag.slide.tissue import DEFAULT_TISSUE_DETECTOR, LEGACY_TISSUE_DETECTOR, tissue_record
 from histobag.tile_readers import OpenTFRecord, OpenWSI, Subsample
 from histobag.tile_transforms import resolve_tile_transforms
 
@@ -223,6 +225,7 @@ def prepare_bags_folder(
             raise ConfigError(
                 f"{outdir} already holds bags made with a different configuration:\n  "
                 + "\n  ".join(diff)
+                + _tissue_hint(old, config)
                 + "\nUse another outdir, or pass overwrite=True to replace those bags."
             )
         if diff and others:
@@ -249,6 +252,25 @@ def prepare_bags_folder(
                 write_json_atomic(existing, old)
             return  # keep the original creation time and versions
     write_json_atomic(existing, config)
+
+
+def _tissue_hint(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """How to resume bags made with another tissue detector (empty if that is not the case)."""
+    before, now = fingerprint(old)["tissue"], fingerprint(new)["tissue"]
+    if before == now:
+        return ""
+    name = before.get("name") if isinstance(before, dict) else None
+    if name is None:
+        return "\nThose bags were made without tissue detection: pass tissue=None (--tissue none)."
+    was_default = (
+        f" (the default before {DEFAULT_TISSUE_DETECTOR!r})"
+        if name == LEGACY_TISSUE_DETECTOR
+        else ""
+    )
+    return (
+        f"\nThose bags were made with the {name!r} tissue detector{was_default}: to add to "
+        f"them, pass tissue={name!r} (--tissue {name}) with the same settings."
+    )
 
 
 class _Progress:
@@ -396,7 +418,7 @@ def generate_feature_bags(
         writer=writer,
         coordinates=bag_writer.coordinates,
         tile_transforms=tile_transforms,
-        tissue=getattr(dataset, "tissue", "otsu"),
+        tissue=tissue_record(getattr(dataset, "tissue", DEFAULT_TISSUE_DETECTOR)),
         reader=getattr(dataset, "reader", "auto"),
     )
     if isinstance(shard, str):

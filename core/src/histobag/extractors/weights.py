@@ -71,8 +71,15 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def download(hub: HubFile, *, model: str) -> Path:
+def download(hub: HubFile, *, model: str, pass_file: str | None = None) -> Path:
     """Fetch ``hub`` through the Hugging Face cache and return the local path.
+
+    Args:
+        hub: The file on the Hub.
+        model: Its model's name, for messages.
+        pass_file: How a user passes the file instead, for messages (default:
+            ``build_feature_extractor(model, weights='/path/to/<file>')``; a tissue detector
+            or another consumer names its own way).
 
     Raises:
         GatedWeightsError: The repository needs approval and this account has none.
@@ -88,10 +95,10 @@ def download(hub: HubFile, *, model: str) -> Path:
         RevisionNotFoundError,
     )
 
-    how_to_pass = (
-        f"download {hub.filename!r} from {hub.url} yourself and pass "
+    pass_file = pass_file or (
         f"build_feature_extractor({model!r}, weights='/path/to/{hub.filename}')"
     )
+    how_to_pass = f"download {hub.filename!r} from {hub.url} yourself and pass {pass_file}"
     try:
         return Path(
             hf_hub_download(
@@ -149,8 +156,31 @@ def checkpoint_in_folder(folder: Path, preferred: str | None, *, model: str) -> 
     )
 
 
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds safetensors, by its suffix or, without one, by its header.
+
+    The Hugging Face cache keeps files as suffix-less blobs behind links: a resolved path
+    says nothing about the format. A safetensors file starts with the little-endian length
+    of its JSON header, then the header, which opens with ``{``.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    Safetensors are recognised by their suffix or, as for files in the Hugging Face cache
+    reached through their links, by their header (:func:`is_safetensors`).
 
     Raises:
         WeightsNotFoundError: The file does not exist.
@@ -162,7 +192,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsNotFoundError(
             f"Weights file not found: {path}. Check the path passed as weights=."
         )
-    if path.suffix == ".safetensors":
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:

@@ -17,6 +17,7 @@ from histobag.files import write_bytes_atomic
 from histobag.naming import safe_name
 from histobag.plugins import slide_reader_specs
 from histobag.slide.readers.select import AUTO, decode_problem, open_reader
+from histobag.slide.tissue import DEFAULT_TISSUE_DETECTOR
 from histobag.slide.wsi import WSI
 
 #: Suffixes OpenSlide opens (a folder scan looks for these and every reader's own).
@@ -147,7 +148,7 @@ def save_thumbnails(
     outdir: str | os.PathLike[str],
     *,
     reader: str = AUTO,
-    tissue: Any = "otsu",
+    tissue: Any = DEFAULT_TISSUE_DETECTOR,
     mpp: float | None = None,
     width: int = 1024,
 ) -> list[Path]:

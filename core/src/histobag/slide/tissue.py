@@ -6,8 +6,8 @@ Two stages, as in slideflow:
    tiled at all (:func:`grid_fraction`). Tissue detectors are plugins (the
    ``histobag_tissue_detectors`` hook); :func:`resolve_tissue_detector` turns what a user
    passes as ``tissue=`` into a detector and the record kept in ``bags_config.json``. Core
-   provides ``otsu`` (:func:`otsu_tissue_mask`) and ``hsv``
-   (:mod:`histobag.slide.tissue_hsv`).
+   provides ``hsv`` (:mod:`histobag.slide.tissue_hsv`, the default) and ``otsu``
+   (:func:`otsu_tissue_mask`, the default before).
 2. Per-tile filters (:func:`tile_filter_mask`) look at the pixels of each tile as it is read and
    drop mostly-gray (unstained) or mostly-white tiles.
 """
@@ -26,8 +26,11 @@ from skimage.filters import threshold_otsu
 
 from histobag import plugins
 from histobag.slide.errors import TileSettingsError
+from histobag.specs import DEFAULT_TISSUE_DETECTOR, LEGACY_TISSUE_DETECTOR
 
 __all__ = [
+    "DEFAULT_TISSUE_DETECTOR",
+    "LEGACY_TISSUE_DETECTOR",
     "OtsuDetector",
     "TissueDetector",
     "build_otsu",
@@ -37,6 +40,7 @@ __all__ = [
     "resolve_tissue_detector",
     "saturation",
     "tile_filter_mask",
+    "tissue_record",
     "whitespace_fraction",
 ]
 
@@ -333,3 +337,16 @@ def resolve_tissue_detector(
     to_dict = getattr(detector, "to_dict", None)
     recorded = _json_kwargs(name, to_dict()) if callable(to_dict) else kwargs
     return detector, {"name": name, "kwargs": recorded}
+
+
+def tissue_record(
+    tissue: str | dict[str, Any] | TissueDetector | None,
+) -> dict[str, Any] | None:
+    """What ``bags_config.json`` records of a ``tissue=`` argument: ``{"name", "kwargs"}``
+    with every parameter, defaults included (``None`` for no tissue detection).
+
+    Example:
+        >>> tissue_record("otsu")
+        {'name': 'otsu', 'kwargs': {'sigma': 2.0}}
+    """
+    return resolve_tissue_detector(tissue)[1]

@@ -15,7 +15,9 @@ the most saturated thing on a slide, is kept. This detector uses fixed threshold
    Each per-pixel cue is median filtered over ``smooth_um``.
 4. Clean-up in physical units (``mpp``): an opening and a closing, pieces smaller than
    ``min_tissue_um2`` dropped (dust), holes smaller than ``max_hole_um2`` filled, and ink cut
-   out with a ``pen_margin_um`` margin.
+   out with a ``pen_margin_um`` margin. On a small image (a crop, a TMA core) those areas are
+   capped at a fraction of the image (``min_tissue_fraction``, ``max_hole_fraction``), so a
+   slide smaller than a dust threshold keeps its tissue.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class HSVParams:
     resolution. Morphology uses squares of the area of discs of the radii given here.
 
     Attributes:
+        work_mpp: Finer thumbnails are averaged down (by a whole factor) to about this many
+            µm per pixel first, and the mask brought back: at a few µm per pixel, pale tissue
+            is resolved into cells and bright gaps, which no per-pixel colour rule calls
+            tissue; averaged, it is faintly coloured. 0 works at the thumbnail's resolution.
         smooth_um: Radius (µm) of the median filter applied to each per-pixel cue (a square
             of ``2 * round(smooth_um / mpp) + 1`` pixels): it removes noise and, unlike a
             blur, leaves outlines where they are. Also the window of the texture measure.
@@ -70,8 +76,12 @@ class HSVParams:
         close_um: Radius (µm) of the closing that joins tissue fragments.
         min_tissue_um2: Pieces of tissue smaller than this area (µm²) are dropped (dust).
         max_hole_um2: Holes in tissue smaller than this area (µm²) are filled.
+        min_tissue_fraction: Cap on ``min_tissue_um2`` as a fraction of the image's area:
+            on an image of under 5 mm² (defaults) dust is what is small for that image.
+        max_hole_fraction: Cap on ``max_hole_um2`` as a fraction of the image's area.
     """
 
+    work_mpp: float = 8.0
     smooth_um: float = 16.0
     saturation_min: float = 0.025
     density_min: float = 0.15
@@ -80,10 +90,12 @@ class HSVParams:
     dark_max: float = 0.25
     pen_hues: tuple[tuple[float, float, float], ...] = DEFAULT_PEN_HUES
     pen_margin_um: float = 24.0
-    open_um: float = 24.0
+    open_um: float = 12.0
     close_um: float = 48.0
     min_tissue_um2: float = 50_000.0
     max_hole_um2: float = 100_000.0
+    min_tissue_fraction: float = 0.01
+    max_hole_fraction: float = 0.02
 
     def __post_init__(self) -> None:
         try:
@@ -217,6 +229,21 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     return mask | small[labels]
 
 
+def _block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """``rgb`` (uint8 (H, W, 3)) averaged over ``factor`` x ``factor`` blocks (uint8).
+
+    The last row and column of blocks, when partial, average what is there (edge pixels
+    repeated), so the image's edges stay as they are.
+    """
+    height, width = rgb.shape[:2]
+    pad_h, pad_w = -height % factor, -width % factor
+    padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    blocks = padded.reshape(
+        padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, 3
+    ).astype(np.float32)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+
+
 def pen_mask(
     planes: np.ndarray, sat: np.ndarray, value: np.ndarray, params: HSVParams
 ) -> np.ndarray:
@@ -269,10 +296,19 @@ class HSVTissueDetector:
         """
         if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
             raise ValueError(f"the hsv tissue detector needs mpp > 0, got {mpp!r}")
-        p = self.params
         rgb = np.asarray(thumbnail)
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ValueError(f"the hsv tissue detector needs RGB (H, W, 3), got {rgb.shape}")
+        factor = int(self.params.work_mpp // mpp) if self.params.work_mpp > 0 else 1
+        if factor <= 1:
+            return self._detect(rgb, mpp)
+        mask = self._detect(_block_mean(rgb, factor), mpp * factor)
+        mask = np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)
+        return mask[: rgb.shape[0], : rgb.shape[1]]
+
+    def _detect(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
+        """The mask of ``rgb`` (uint8 (H, W, 3)) at its own resolution ``mpp``."""
+        p = self.params
         glass = np.maximum(glass_colour(rgb), np.float32(1e-3))
         # White balance on the glass, channel first (contiguous planes are faster).
         planes = np.moveaxis(rgb, -1, 0).astype(np.float32)
@@ -294,13 +330,16 @@ class HSVTissueDetector:
             grey &= _open_close(grey | coloured, p.grey_open_um / mpp, 0.0)
         tissue = (coloured | grey) & ~ink
         tissue = _open_close(tissue, p.open_um / mpp, p.close_um / mpp)
-        area_px = mpp * mpp
-        tissue = _drop_small(tissue, p.min_tissue_um2 / area_px)
-        tissue = _fill_small_holes(tissue, p.max_hole_um2 / area_px)
+        # Areas in pixels; on a small image capped at a fraction of it (see HSVParams).
+        pixels = tissue.size
+        min_tissue_px = min(p.min_tissue_um2 / (mpp * mpp), p.min_tissue_fraction * pixels)
+        max_hole_px = min(p.max_hole_um2 / (mpp * mpp), p.max_hole_fraction * pixels)
+        tissue = _drop_small(tissue, min_tissue_px)
+        tissue = _fill_small_holes(tissue, max_hole_px)
         if ink.any():
             tissue &= ~_dilate(ink, _square(p.pen_margin_um / mpp))
             # Ink cut tissue into pieces; slivers left between strokes are dropped like dust.
-            tissue = _drop_small(tissue, p.min_tissue_um2 / area_px)
+            tissue = _drop_small(tissue, min_tissue_px)
         return tissue
 
 

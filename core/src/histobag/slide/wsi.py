@@ -82,11 +82,12 @@ class WSI:
         roi_method: ``"inside"`` keeps tiles whose centre lies in an ROI, ``"outside"`` those
             outside all ROIs, ``"ignore"`` disregards ROIs, ``"auto"`` is ``"inside"`` when
             ROIs are given, else ``"ignore"``.
-        tissue: A registered tissue detector's name (``"otsu"``: Otsu on the thumbnail's HSV
-            saturation; ``"hsv"``: keeps pale and haematoxylin-only tissue, drops pen marks
-            and dust), ``{"name": ..., "kwargs": {...}}``, ``None`` (no tissue detection), or
-            a callable mapping an RGB uint8 thumbnail (H, W, 3) (and ``mpp=``, its µm per
-            pixel) to a bool mask. What was used is :attr:`tissue_record`.
+        tissue: A registered tissue detector's name (``"hsv"``, the default: keeps pale and
+            haematoxylin-only tissue, drops pen marks and dust; ``"otsu"``: Otsu on the
+            thumbnail's HSV saturation, the default before), ``{"name": ..., "kwargs":
+            {...}}``, ``None`` (no tissue detection), or a callable mapping an RGB uint8
+            thumbnail (H, W, 3) (and ``mpp=``, its µm per pixel) to a bool mask. What was
+            used is :attr:`tissue_record`.
         tissue_fraction: Smallest fraction of a tile's footprint the tissue mask must cover.
         grayspace_fraction: Discard a tile when more than this fraction of its pixels is gray
             (1.0 disables the filter).
@@ -118,7 +119,9 @@ class WSI:
         mpp: float | None = None,
         roi: str | Path | ROI | Iterable[Any] | None = None,
         roi_method: RoiMethod = "auto",
-        tissue: str | dict[str, Any] | _tissue.TissueDetector | None = "otsu",
+        tissue: str | dict[str, Any] | _tissue.TissueDetector | None = (
+            _tissue.DEFAULT_TISSUE_DETECTOR
+        ),
         tissue_fraction: float = 0.5,
         grayspace_fraction: float = 0.6,
         grayspace_threshold: float = 0.05,

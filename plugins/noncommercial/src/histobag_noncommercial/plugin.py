@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from histobag import ExtractorSpec, hookimpl
+from histobag.specs import TissueDetectorSpec
 from histobag_noncommercial import (
     abmil_specs,
     bioptimus_specs,
@@ -17,6 +18,7 @@ from histobag_noncommercial import (
     musk_specs,
     prism_specs,
     timm_specs,
+    tissue_specs,
     titan_specs,
 )
 
@@ -41,3 +43,9 @@ def histobag_extractors() -> list[ExtractorSpec]:
         *prism_specs.specs(),
         *titan_specs.specs(),
     ]
+
+
+@hookimpl
+def histobag_tissue_detectors() -> list[TissueDetectorSpec]:
+    """``grandqc``: GrandQC's tissue segmentation network (weights CC BY-NC-SA 4.0)."""
+    return tissue_specs.specs()

@@ -12,7 +12,9 @@ with the same reader there.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,6 +89,42 @@ class SlideReader(ABC):
             "magnification": self.magnification,
             "vendor": self.vendor,
         }
+
+
+def positive_number(value: Any) -> float | None:
+    """Helper for readers: ``value`` (a number or its text) as a positive finite float, or
+    None (for metadata such as a pixel size, which a scanner may leave empty or zero)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def read_inside_level(
+    location: tuple[int, int],
+    downsample: float,
+    level_size: tuple[int, int],
+    size: tuple[int, int],
+    read: Callable[[int, int, int, int], np.ndarray],
+) -> np.ndarray:
+    """Helper for readers whose library refuses or pads regions beyond a level's edge.
+
+    Returns the uint8 RGB region ``(size[1], size[0], 3)`` of a level from level-0
+    ``location`` (taken down to the level pixel that holds it, as OpenSlide does), white
+    beyond the level's edge; ``read(x0, y0, x1, y1)`` gives the level pixels
+    ``[y0:y1, x0:x1]`` of the part inside, and is not called when nothing is inside.
+    """
+    width, height = int(size[0]), int(size[1])
+    x = math.floor(location[0] / downsample)
+    y = math.floor(location[1] / downsample)
+    level_w, level_h = level_size
+    out = np.full((height, width, 3), 255, dtype=np.uint8)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + width, level_w), min(y + height, level_h)
+    if x1 > x0 and y1 > y0:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = read(x0, y0, x1, y1)
+    return out
 
 
 def white_outside(

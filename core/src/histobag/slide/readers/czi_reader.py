@@ -28,6 +28,7 @@ import numpy as np
 from histobag.errors import SlideOpenError
 from histobag.optional import require
 from histobag.slide.readers.array_reader import ArrayReader
+from histobag.slide.readers.base import positive_number
 
 __all__ = ["SMALLEST_LEVEL_PX", "CziReader", "is_czi_file"]
 
@@ -64,11 +65,7 @@ def _number(value: Any) -> float | None:
     """A positive finite float, or None."""
     if isinstance(value, dict):  # an element with attributes: its text
         value = value.get("#text")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
+    return positive_number(value)
 
 
 def _pixel_size_um(metadata: dict[str, Any]) -> tuple[float | None, float | None]:

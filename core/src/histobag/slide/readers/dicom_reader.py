@@ -12,15 +12,14 @@ HTTP) is not supported yet: wsidicom can read it, but histobag has no offline te
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from histobag.errors import SlideOpenError
 from histobag.optional import require
 from histobag.slide.readers.array_reader import ArrayReader, level_downsamples, to_rgb
+from histobag.slide.readers.base import positive_number
 
 __all__ = ["DicomReader", "is_dicom_file"]
 
@@ -55,14 +54,6 @@ def _series_files(path: Path) -> list[Path]:
         raise SlideOpenError(f"{path} has no SeriesInstanceUID")
     siblings = [f for f in sorted(path.parent.iterdir()) if f.is_file() and is_dicom_file(f)]
     return [f for f in siblings if f == path or series(f) == uid]
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 class DicomReader(ArrayReader):
@@ -106,7 +97,7 @@ class DicomReader(ArrayReader):
 
     def _mpp(self) -> float | None:
         try:
-            return _number(self._wsi.mpp.width)
+            return positive_number(self._wsi.mpp.width)
         except Exception:  # no PixelSpacing recorded
             return None
 
@@ -116,7 +107,7 @@ class DicomReader(ArrayReader):
             objective = paths[0].objective if paths else None
         except Exception:  # metadata wsidicom cannot model: the magnification is unknown
             return None
-        return _number(objective.objective_power) if objective is not None else None
+        return positive_number(objective.objective_power) if objective is not None else None
 
     def _properties(self) -> dict[str, str]:
         props = {"openslide.vendor": "dicom", "dicom.levels": str(len(self._levels))}

@@ -11,8 +11,8 @@ from histobag.slide.errors import TileSettingsError
 from histobag.slide.readers.base import SlideReader
 from histobag.specs import SlideReaderSpec
 
-#: ``reader=`` value that picks the reader from the file.
 AUTO = "auto"
+"""``reader=`` value that picks the reader from the file."""
 
 
 def is_url(source: str) -> bool:
@@ -40,9 +40,10 @@ def reader_names() -> list[str]:
 
 
 def candidates(source: str) -> list[SlideReaderSpec]:
-    """Readers that claim ``source`` by suffix or URL scheme, highest priority first (then by
-    name); a reader that names no suffix claims every local file, after the others."""
-    specs = [spec for spec in slide_reader_specs().values() if spec.claims(source)]
+    """Readers that ``reader="auto"`` tries for ``source``: those that claim it by suffix or
+    URL scheme (opt-in readers aside), highest priority first (then by name); a reader that
+    names no suffix claims every local file, after the others."""
+    specs = [spec for spec in slide_reader_specs().values() if spec.auto and spec.claims(source)]
     return sorted(specs, key=lambda s: (-s.priority, not s.suffixes, s.name))
 
 

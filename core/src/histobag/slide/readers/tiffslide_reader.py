@@ -21,7 +21,6 @@ for S3 and Google Cloud Storage).
 from __future__ import annotations
 
 import functools
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 
 from histobag.errors import MissingDependencyError, SlideOpenError
 from histobag.optional import require
-from histobag.slide.readers.base import SlideReader
+from histobag.slide.readers.base import SlideReader, positive_number, read_inside_level
 from histobag.slide.readers.select import is_url
 
 __all__ = ["BLOCK_SIZE", "CACHE_ENV", "TiffSlideReader", "cache_dir"]
@@ -68,14 +67,6 @@ def cache_dir() -> Path | None:
         return None if value.strip().lower() in ("", "off", "none", "0") else Path(value)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "histobag" / "remote"
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _properties(raw: dict[str, Any]) -> dict[str, str]:
@@ -198,8 +189,8 @@ class TiffSlideReader(SlideReader):
         self.properties = _properties(raw)
         self.vendor = raw.get("tiffslide.vendor") or "generic-tiff"  # OpenSlide's name
         self.properties["openslide.vendor"] = self.vendor
-        self.mpp = _number(raw.get("tiffslide.mpp-x"))
-        self.magnification = _number(raw.get("tiffslide.objective-power"))
+        self.mpp = positive_number(raw.get("tiffslide.mpp-x"))
+        self.magnification = positive_number(raw.get("tiffslide.objective-power"))
         self.version = str(tiffslide.__version__)
         # Aperio files whose second page is tiled: tifffile calls it the thumbnail, OpenSlide
         # a level (the files OpenSlide and tiffslide disagree on; real scanners write a
@@ -241,17 +232,13 @@ class TiffSlideReader(SlideReader):
     ) -> np.ndarray:
         """uint8 RGB ``(size[1], size[0], 3)`` of ``level`` from level-0 ``location``; pixels
         beyond the level's edge are white."""
-        width, height = int(size[0]), int(size[1])
-        ds = self.level_downsamples[level]
-        x = math.floor(location[0] / ds)
-        y = math.floor(location[1] / ds)
-        level_w, level_h = self.level_dimensions[level]
-        out = np.full((height, width, 3), 255, dtype=np.uint8)
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + width, level_w), min(y + height, level_h)
-        if x1 > x0 and y1 > y0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._level_pixels(level, x0, y0, x1, y1)
-        return out
+        return read_inside_level(
+            location,
+            self.level_downsamples[level],
+            self.level_dimensions[level],
+            size,
+            lambda x0, y0, x1, y1: self._level_pixels(level, x0, y0, x1, y1),
+        )
 
     def associated_images(self) -> dict[str, np.ndarray]:
         """Label, macro and thumbnail images tiffslide finds, as uint8 RGB."""
