@@ -34,8 +34,10 @@ from histobag.cluster import (
 )
 from histobag.errors import ArgumentError, ConfigError, EmptyRunWarning, HistobagError
 from histobag.extractors.registry import extractor_info, list_extractors, require_tile_encoder
+from histobag.new_pack import TEMPLATES as PACK_FILES
+from histobag.new_pack import create_pack, pack_names
 from histobag.plugins import disabled_packs, plugin_failures
-from histobag.specs import EXTRACTOR_KINDS
+from histobag.specs import DEFAULT_TISSUE_DETECTOR, EXTRACTOR_KINDS
 from histobag.tile_transforms import resolve_tile_transforms
 from histobag.validation import MPP_RANGE
 
@@ -258,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tissue",
-        default="otsu",
-        help="tissue detector on each slide's thumbnail: otsu, hsv (pale tissue kept, pen "
-        "marks dropped) or a pack's; none: every grid tile that passes the pixel filters",
+        default=DEFAULT_TISSUE_DETECTOR,
+        help="tissue detector on each slide's thumbnail: hsv (the default: pale tissue kept, "
+        "pen marks and dust dropped), otsu (Otsu on saturation, the default before) or a "
+        "pack's; none: every grid tile that passes the pixel filters",
     )
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (>= 1)")
     p.add_argument("--workers", default="auto", help="tile-reading processes (0-1024), or auto")
@@ -331,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write <slide>.thumbnail.png and <slide>.tissue.png (tissue mask) into OUT",
     )
     p.add_argument(
-        "--tissue", default="otsu", help="tissue detector for --thumbnails (otsu, hsv, ...)"
+        "--tissue",
+        default=DEFAULT_TISSUE_DETECTOR,
+        help="tissue detector for --thumbnails (hsv, otsu, ...)",
     )
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides that record none")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -341,6 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="resnet18_imagenet", help="extractor to run")
     p.add_argument("--outdir", default="histobag-demo", help="where demo outputs go")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "new-pack",
+        help="write histobag-NAME/, a pack to publish: entry point, plugin, example model, "
+        "parity test, LICENSE placeholder, README",
+    )
+    p.add_argument(
+        "name", metavar="NAME", help="lower-case pack name without the histobag- prefix, e.g. acme"
+    )
+    p.add_argument("--dir", default=".", help="folder to write histobag-NAME/ into (default: .)")
+    p.add_argument(
+        "--license",
+        default="MIT",
+        help="SPDX licence of the code and example weights (default: %(default)s); LICENSE "
+        "stays a placeholder to replace",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rewrite the template's files in an existing histobag-NAME/ (others are kept)",
+    )
+    p.set_defaults(func=cmd_new_pack)
 
     add_analysis_commands(sub)
     return parser
@@ -675,6 +702,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from histobag.demo import run_demo
 
     return run_demo(extractor=args.extractor, outdir=args.outdir)
+
+
+def cmd_new_pack(args: argparse.Namespace) -> int:
+    """Write a new pack and say what to do next."""
+    names = pack_names(args.name)
+    root = create_pack(args.name, args.dir, license=args.license, force=args.force)
+    shown = str(root) if root.is_absolute() else os.path.join(".", root)
+    print(f"Wrote {shown}/ ({names.distribution}, model {names.model}, licence {args.license}):")
+    print("\n".join(f"  {path.format(package=names.package)}" for path in PACK_FILES))
+    print(
+        f"\nNext:\n  pip install {shown}\n  histobag list --pack {names.distribution}\n"
+        f"  python -m pytest {shown}/tests\n"
+        f"Replace LICENSE (a placeholder) and every TODO (grep -rn TODO {shown}) before "
+        "publishing."
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 PROJECT_NAME = "histobag"
 
-#: Marker for hook implementations in packs.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for hook implementations in packs: ``@hookimpl`` on each hook function."""
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RANDOM_WEIGHTS", "WeightsMismatchWarning", "accepted_arguments", "build_extractor"]
 
-#: Pass as ``weights=`` to keep a model's random initialisation (tests, demos without network).
 RANDOM_WEIGHTS = "random"
+"""Pass as ``weights=`` to keep a model's random initialisation (tests, demos without network)."""
 
 
 class WeightsMismatchWarning(UserWarning):

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from histobag.norm.reinhard import Reinhard, ReinhardFast, ReinhardFastMask, ReinhardMask
     from histobag.norm.vahadane import Vahadane
 
+    NORMALIZERS: dict[str, type[StainNormalizer]]
+    """Every built-in normalizer class by method name (built on access; imports torch)."""
+
 
 _LAZY = {
     "StainNormalizer": "histobag.norm.base",
