@@ -156,10 +156,11 @@ def histobag_slide_readers() -> list[SlideReaderSpec]:
         SlideReaderSpec(
             "dicom",
             "histobag.slide.readers.dicom_reader:DicomReader",
+            schemes=("dicomweb+http", "dicomweb+https"),
             priority=-1,  # after OpenSlide: folders, and codecs OpenSlide lacks
             license="Apache-2.0",
-            description="wsidicom: DICOM WSI (a folder, or any .dcm file of the slide; "
-            "histobag[dicom])",
+            description="wsidicom: DICOM WSI (a folder, any .dcm file of the slide, or a "
+            "dicomweb+https://.../studies/UID/series/UID URL; histobag[dicom])",
         ),
         SlideReaderSpec(
             "image",

@@ -27,7 +27,7 @@ from histobag.slide.errors import TileSettingsError
 from histobag.slide.magnification import TileUm, tile_microns
 from histobag.slide.readers.base import SlideReader
 from histobag.slide.readers.openslide_reader import rgba_to_rgb
-from histobag.slide.readers.select import AUTO, is_url, open_reader
+from histobag.slide.readers.select import AUTO, DICOM_UID, is_url, open_reader
 from histobag.slide.roi import ROI, as_rois, points_in_rois
 from histobag.slide.tiling import Level, best_level, grid_starts, read_size
 
@@ -133,7 +133,9 @@ class WSI:
         self.source = os.fspath(path)
         #: The slide's file or folder (a URL stays a string).
         self.path: Path | str = self.source if is_url(self.source) else Path(self.source)
-        self.name = Path(self.source.split("?", 1)[0].rstrip("/")).name.split(".", 1)[0] or "slide"
+        last = Path(self.source.split("?", 1)[0].rstrip("/")).name
+        # A DICOMweb series URL ends in the series' UID, whose dots are no suffix.
+        self.name = (last if DICOM_UID.fullmatch(last) else last.split(".", 1)[0]) or "slide"
         if isinstance(self.path, Path):
             self.name = self.path.stem
         self.tile_microns = tile_microns(tile_px, tile_um)

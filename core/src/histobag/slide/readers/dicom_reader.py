@@ -6,13 +6,17 @@ slide; from a file it takes the files of the folder that belong to the same seri
 OpenSlide does. Levels are read through wsidicom (which decodes JPEG, JPEG 2000, JPEG-LS,
 HTJ2K and uncompressed frames); a region reads only the frames it covers.
 
-wsidicom is an optional extra: ``pip install "histobag[dicom]"``. DICOMweb (a PACS over
-HTTP) is not supported yet: wsidicom can read it, but histobag has no offline test for it.
+It also opens one series on a DICOMweb server (a PACS over HTTP), named by a
+``dicomweb+https://HOST/PREFIX/studies/STUDY_UID/series/SERIES_UID`` URL; see
+:mod:`histobag.slide.readers.dicomweb` (a bearer token comes from ``HISTOBAG_DICOMWEB_TOKEN``).
+
+wsidicom is an optional extra: ``pip install "histobag[dicom]"``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +24,7 @@ from histobag.errors import SlideOpenError
 from histobag.optional import require
 from histobag.slide.readers.array_reader import ArrayReader, level_downsamples, to_rgb
 from histobag.slide.readers.base import positive_number
+from histobag.slide.readers.dicomweb import is_dicomweb_url, open_dicomweb
 
 __all__ = ["DicomReader", "is_dicom_file"]
 
@@ -56,33 +61,42 @@ def _series_files(path: Path) -> list[Path]:
     return [f for f in siblings if f == path or series(f) == uid]
 
 
+def _open_files(path: Path) -> Any:
+    """``path`` (a folder, or one file of the slide) opened as a ``wsidicom.WsiDicom``."""
+    if path.is_dir():
+        files: Path | list[Path] = path
+        if not any(is_dicom_file(f) for f in path.iterdir() if f.is_file()):
+            raise SlideOpenError(f"Folder {path} holds no DICOM file.")
+    elif path.is_file():
+        if not is_dicom_file(path):  # before importing wsidicom: most files are not DICOM
+            raise SlideOpenError(f"{path} is not a DICOM file (no DICM marker).")
+        files = _series_files(path)
+    else:
+        raise SlideOpenError(f"DICOM slide {path} does not exist. Check the path.")
+    wsidicom = require("wsidicom", extra="dicom", purpose="The dicom slide reader")
+    try:
+        return wsidicom.WsiDicom.open(files)
+    except Exception as exc:  # wsidicom raises its own errors and pydicom's
+        raise SlideOpenError(
+            f"Cannot open DICOM slide {path}: {type(exc).__name__}: {exc}. It needs the "
+            "whole-slide image files (VL Whole Slide Microscopy Image) of one slide."
+        ) from None
+
+
 class DicomReader(ArrayReader):
-    """A DICOM WSI (a folder, or one ``.dcm`` file of the slide) read with wsidicom."""
+    """A DICOM WSI (a folder, one ``.dcm`` file of the slide, or a ``dicomweb+http(s)://``
+    series URL) read with wsidicom."""
 
     def __init__(self, source: str) -> None:
-        path = Path(source)
-        if path.is_dir():
-            files: Path | list[Path] = path
-            if not any(is_dicom_file(f) for f in path.iterdir() if f.is_file()):
-                raise SlideOpenError(f"Folder {path} holds no DICOM file.")
-        elif path.is_file():
-            if not is_dicom_file(path):  # before importing wsidicom: most files are not DICOM
-                raise SlideOpenError(f"{path} is not a DICOM file (no DICM marker).")
-            files = _series_files(path)
+        if is_dicomweb_url(source):
+            self._wsi = open_dicomweb(source)
         else:
-            raise SlideOpenError(f"DICOM slide {path} does not exist. Check the path.")
+            self._wsi = _open_files(Path(source))
         wsidicom = require("wsidicom", extra="dicom", purpose="The dicom slide reader")
-        try:
-            self._wsi = wsidicom.WsiDicom.open(files)
-        except Exception as exc:  # wsidicom raises its own errors and pydicom's
-            raise SlideOpenError(
-                f"Cannot open DICOM slide {path}: {type(exc).__name__}: {exc}. It needs the "
-                "whole-slide image files (VL Whole Slide Microscopy Image) of one slide."
-            ) from None
         self._levels = list(self._wsi.levels)
         if not self._levels:
             self._wsi.close()
-            raise SlideOpenError(f"DICOM slide {path} has no pyramid level.")
+            raise SlideOpenError(f"DICOM slide {source} has no pyramid level.")
         self.source = source
         self.level_dimensions = tuple(
             (int(level.size.width), int(level.size.height)) for level in self._levels

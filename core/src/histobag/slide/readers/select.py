@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from histobag.errors import SlideOpenError
@@ -15,16 +16,25 @@ AUTO = "auto"
 """``reader=`` value that picks the reader from the file."""
 
 
+#: A URL scheme (RFC 3986), such as ``https`` or ``dicomweb+https``.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+#: A DICOM UID (dotted digits): the last part of a DICOMweb series URL.
+DICOM_UID = re.compile(r"[0-9]+(?:\.[0-9]+)+")
+
+
 def is_url(source: str) -> bool:
     """Whether ``source`` is a URL (``scheme://...``) rather than a local path."""
     scheme = source.split("://", 1)[0] if "://" in source else ""
-    return bool(scheme) and scheme.isalnum() and scheme.lower() != "file"
+    return bool(_SCHEME.fullmatch(scheme)) and scheme.lower() != "file"
 
 
 def source_stem(source: str | os.PathLike[str]) -> str:
-    """A slide's name from its path or URL: the last path part without its suffix."""
+    """A slide's name from its path or URL: the last path part without its suffix (a URL
+    ending in a DICOM UID, a DICOMweb series, keeps the whole UID: its dots are no suffix)."""
     text = os.fspath(source)
-    return Path(text.split("?", 1)[0].rstrip("/")).stem
+    name = Path(text.split("?", 1)[0].rstrip("/")).name
+    return name if is_url(text) and DICOM_UID.fullmatch(name) else Path(name).stem
 
 
 def as_source(source: str | os.PathLike[str]) -> str | Path:
