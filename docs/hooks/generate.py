@@ -240,7 +240,8 @@ def reference_pages() -> dict[str, str]:
         index.append(f"| [`{package}`]({page.split('/', 1)[1]}) | {len(names)} |")
         members = "\n".join(f"        - {n}" for n in names)
         pages[page] = (
-            f"# `{package}`\n\n"
+            # The heading's id is the package's path: docstrings' :mod: roles link to it.
+            f"# `{package}` {{ #{package} }}\n\n"
             f"::: {package}\n"
             "    options:\n"
             "      show_root_heading: false\n"

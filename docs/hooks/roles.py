@@ -198,6 +198,7 @@ def documented(pkg: Any) -> set[str]:
     each public package's ``__all__``; docs/hooks/generate.py)."""
     found: set[str] = set()
     for package in public_packages(pkg):
+        found.add(package.path)  # its page's heading (docs/hooks/generate.py sets the id)
         for name in package.exports:
             member = package.members.get(str(name))
             if member is not None:

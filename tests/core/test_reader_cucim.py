@@ -35,6 +35,7 @@ import cucim
 
 import histobag
 from histobag.bags.read import read_bag
+from histobag.cli import main
 from histobag.errors import MissingDependencyError, SlideOpenError
 from histobag.plugins import slide_reader_specs
 from histobag.slide import WSI
@@ -396,3 +397,11 @@ def test_opening_leaves_no_cufile_log_in_the_working_folder(fixtures, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "cufile.log").exists()
+
+
+def test_the_readers_listing_shows_cucim_as_used_by_name_only(capsys):
+    assert main(["slides", "--readers"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    names = [row[0] for row in rows]
+    assert names[-1] == "cucim" and rows[-1][1:3] == ["by", "name"]
+    assert names.index("openslide") < names.index("cucim")

@@ -14,7 +14,7 @@ from histobag.errors import ArgumentError, ExtractorArgumentError, PluginError
 from histobag.extractors.base import ModelBuild
 from histobag.extractors.registry import require_tile_encoder
 from histobag.slide_encoding import SlideEncoderExtractor
-from histobag.specs import EXTRACTOR_KINDS
+from histobag.specs import EXTRACTOR_KINDS, SlideReaderSpec, TissueDetectorSpec, TransformSpec
 from tests.core.toy_models import build_toy, registered, toy_spec
 
 
@@ -178,3 +178,18 @@ def test_cli_info_shows_the_kind(capsys):
     assert main(["info", "gigapath.tile"]) == 0
     kind = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("kind"))
     assert kind.split()[1] == "tiles"
+
+
+@pytest.mark.parametrize(
+    ("make", "owner"),
+    [
+        (lambda factory: TransformSpec("blur", factory), "Transform 'blur'"),
+        (lambda factory: SlideReaderSpec("czi", factory), "Slide reader 'czi'"),
+        (lambda factory: TissueDetectorSpec("mask", factory), "Tissue detector 'mask'"),
+    ],
+)
+@pytest.mark.parametrize("factory", ["pkg.mod", "pkg.mod:", ":build", "", None, print])
+def test_every_plugin_spec_refuses_a_factory_that_is_not_module_attr(make, owner, factory):
+    with pytest.raises(PluginError, match=rf"^{owner}: factory must be a 'module:attr' string"):
+        make(factory)
+    assert make("pkg.mod:build").factory == "pkg.mod:build"

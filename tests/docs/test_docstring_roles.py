@@ -20,6 +20,7 @@ from .test_api_reference import REPO, load_hook
 
 roles = load_hook("roles")
 lazy_exports = load_hook("lazy_exports")
+generate = load_hook("generate")
 
 # A role as Sphinx writes it, in a docstring (`) or in the HTML Markdown made of one (<code>).
 LEFT_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):(?:`|<code)")
@@ -167,6 +168,9 @@ def test_rewrite_leaves_fenced_code_alone():
 
 def test_documented_objects_are_what_the_reference_pages_render(pkg):
     assert roles.documented(pkg) == {
+        "pkg",  # the public packages: their pages' headings
+        "pkg.sub",
+        "pkg.lazy",
         "pkg.core.Thing",
         "pkg.core.Thing.size",
         "pkg.core.Thing.run",
@@ -213,7 +217,8 @@ def test_wrapped_roles_bang_and_fenced_code(pkg):
 def test_relative_and_explicit_title_roles(pkg):
     other = pkg["sub.other"]
     # `..core` is pkg.core (relative-import rules); `core.helper` is found in the enclosing
-    # package pkg; modules have no heading of their own on the pages, so :mod: roles are code.
+    # package pkg; modules that are not public packages have no heading of their own on the
+    # pages, so :mod: roles naming them are code.
     assert doc(other) == (
         "Other: [`core.helper`][pkg.core.helper], `other`, [`core.helper`][pkg.core.helper]."
     )
@@ -326,3 +331,20 @@ def test_every_object_roles_may_link_to_has_an_anchor(site, histobag_tree):
         except (KeyError, griffe.AliasResolutionError):
             continue
     assert roles.documented(histobag_tree) <= rendered
+
+
+def test_a_mod_role_naming_a_public_package_links_to_its_page_heading(pkg):
+    rendered = roles.documented(pkg)
+    role = roles.Role("mod", "pkg.sub", "pkg.sub")
+    assert roles.link_target(pkg["core"], role, pkg.modules_collection, rendered) == "pkg.sub"
+    module = roles.Role("mod", "pkg.core", "pkg.core")  # a module, not a package: no heading
+    assert roles.link_target(pkg["sub"], module, pkg.modules_collection, rendered) is None
+
+
+def test_each_reference_page_heading_has_its_package_as_id():
+    pages = generate.reference_pages()
+    for page, text in pages.items():
+        if page.endswith("index.md"):
+            continue
+        package = text.split("::: ", 1)[1].split("\n", 1)[0]
+        assert text.startswith(f"# `{package}` {{ #{package} }}\n"), page

@@ -624,14 +624,17 @@ def cmd_slides(args: argparse.Namespace) -> int:
     from histobag.slide.inventory import inspect_slide, save_thumbnails, slide_suffixes, walk_slides
 
     if args.readers:
-        specs = sorted(slide_reader_specs().values(), key=lambda s: (-s.priority, s.name))
+        # In the order reader="auto" tries them; opt-in readers (used only by name) last.
+        specs = sorted(
+            slide_reader_specs().values(), key=lambda s: (not s.auto, -s.priority, s.name)
+        )
         if args.json:
             print(json.dumps([dataclasses.asdict(s) for s in specs], indent=2))
             return 0
         rows = [
             (
                 s.name,
-                str(s.priority),
+                str(s.priority) if s.auto else "by name",
                 " ".join(s.suffixes) or "any file",
                 " ".join(s.schemes) or "-",
                 s.license or "-",

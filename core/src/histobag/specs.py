@@ -321,6 +321,24 @@ def import_object(path: str, *, what: str) -> Any:
 TRANSFORM_KINDS = ("stain_normalizer", "tile_transform")
 
 
+def check_factory_path(factory: Any, owner: str) -> None:
+    """Refuse a spec's ``factory`` unless it is a ``"module:attr"`` string.
+
+    Checked when a pack's hook builds the spec, so a typo fails when packs are listed, not
+    mid-run.
+
+    Args:
+        factory: The spec's ``factory`` field.
+        owner: What the spec is, for the message, e.g. ``"Slide reader 'czi'"``.
+
+    Raises:
+        PluginError: ``factory`` is not a ``"module:attr"`` string.
+    """
+    module, _, attr = factory.partition(":") if isinstance(factory, str) else ("", "", "")
+    if not module or not attr:
+        raise PluginError(f"{owner}: factory must be a 'module:attr' string, got {factory!r}.")
+
+
 @dataclass(frozen=True)
 class TransformSpec:
     """A stain normalizer or tile transform provided by a pack.
@@ -352,13 +370,7 @@ class TransformSpec:
                 f"Transform {self.name!r}{pack}: kind must be one of "
                 f"{', '.join(map(repr, TRANSFORM_KINDS))}, not {self.kind!r}."
             )
-        factory = self.factory if isinstance(self.factory, str) else ""
-        module, _, attr = factory.partition(":")
-        if not module or not attr:
-            raise PluginError(
-                f"Transform {self.name!r}{pack}: factory must be a 'module:attr' string, "
-                f"got {self.factory!r}."
-            )
+        check_factory_path(self.factory, f"Transform {self.name!r}{pack}")
 
     def load(self) -> Any:
         """Import and return the factory."""
@@ -417,11 +429,7 @@ class SlideReaderSpec:
     distribution: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or ":" not in self.factory:
-            raise PluginError(
-                f"Slide reader {self.name!r}: factory must be a 'module:attr' string, "
-                f"got {self.factory!r}."
-            )
+        check_factory_path(self.factory, f"Slide reader {self.name!r}")
         object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
         object.__setattr__(self, "schemes", tuple(s.lower() for s in self.schemes))
 
@@ -467,11 +475,7 @@ class TissueDetectorSpec:
     distribution: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or ":" not in self.factory:
-            raise PluginError(
-                f"Tissue detector {self.name!r}: factory must be a 'module:attr' string, "
-                f"got {self.factory!r}."
-            )
+        check_factory_path(self.factory, f"Tissue detector {self.name!r}")
 
     def load(self) -> Any:
         """Import and return the factory."""
