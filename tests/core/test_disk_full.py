@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from histobag import ExtractorSpec, Preprocessing
 from histobag.bags.generate import generate_feature_bags, slide_jobs
 from histobag.bags.space import estimate_bag_bytes
 from histobag.dataset import Dataset
+from histobag.engine import CollectSink, Job, run
 from histobag.errors import LowDiskSpaceWarning, StorageError
 from histobag.files import TMP_PREFIX, write_json_atomic
 from histobag.geometry import TileGeometry
 from histobag.io.bag_writers import get_writer
 from histobag.slide import WSI
-from tests.core.bag_helpers import TILE_PX, TILE_UM, PixelNet, make_slides
+from histobag.tile_readers import OpenWSI
+from tests.core.bag_helpers import PIXELNET, TILE_PX, TILE_UM, PixelNet, make_slides
 from tests.core.toy_models import registered
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -245,3 +248,35 @@ def test_a_run_that_fits_does_not_warn(tmp_path, slides):
         warnings.simplefilter("error", LowDiskSpaceWarning)
         report = generate_feature_bags(extractor, dataset, tmp_path / "bags", progress=False)
     assert not report.warnings and len(report.done) == 3
+
+
+class SlowFullDisk(CollectSink):
+    """A sink whose disk fills while it writes the last slide's bag, late: after the model
+    has run every batch, so only the writer thread sees the error."""
+
+    def __init__(self, last: str) -> None:
+        super().__init__()
+        self.last = last
+
+    def finish(self, result):
+        if result.key == self.last:
+            time.sleep(0.5)
+            raise StorageError(f"No space left in /bags (writing {result.key})")
+        super().finish(result)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_full_disk_on_the_last_bag_stops_the_run_like_any_other(slides, num_workers):
+    """Whatever slide the disk fills on, the run raises StorageError (the CLI's exit 2, "free
+    space and run again"), never ends as if only that slide had failed (exit 1)."""
+    jobs = [
+        Job(f"slide-{i}", OpenWSI(str(slides / f"slide-{i}.svs"), TILE_PX, TILE_UM, {}))
+        for i in range(3)
+    ]
+    sink = SlowFullDisk("slide-2")
+    with registered(PIXELNET):
+        extractor = histobag.build_feature_extractor("pixelnet", device="cpu")
+        with pytest.raises(StorageError, match="No space left"):
+            run(extractor, jobs, sink, batch_size=8, num_workers=num_workers)
+    assert set(sink.results) == {"slide-0", "slide-1"}
+    assert "No space left" in sink.failures["slide-2"]

@@ -670,6 +670,9 @@ def run(
         if shm is not None:
             raise shm from exc
         raise
+    # The writer may still hold the last slides' batches: a full disk writing the last bag
+    # must stop the run like one in the middle of it, so its error is read once it is done.
+    _finish_writing(writer)
     error = writer.error or job_order.error
     if error is not None:
         _stop(writer, sink, f"run stopped: {describe_error(error)}")
@@ -739,12 +742,18 @@ class _ModelLoop:
             self.progress(self.jobs[j].key, len(kept) + len(filtered))
 
 
+def _finish_writing(writer: _Writer) -> None:
+    """Stop deciding jobs and let the writer finish what it was given (once; idempotent)."""
+    writer.job_order.close()
+    if writer.is_alive():
+        writer.queue.put(None)
+        writer.join()
+
+
 def _stop(writer: _Writer, sink: Sink, reason: str | None) -> None:
     """Stop deciding jobs, let the writer finish, fail every slide it did not finish, and
     remove spill files."""
-    writer.job_order.close()
-    writer.queue.put(None)
-    writer.join()
+    _finish_writing(writer)
     # Slides cut short by a stopped run did not fail by themselves: a sink that tells the two
     # apart (slide claims: another process may do them) gets them as abandoned.
     abandon = getattr(sink, "abandon", sink.fail) if reason is not None else sink.fail
