@@ -27,6 +27,7 @@ from histobag.bags.generate import (
     BagSink,
     build_extractor_for_run,
     build_normalizer_for_run,
+    dataset_tissue_record,
     prepare_bags_folder,
     slide_jobs,
 )
@@ -36,7 +37,6 @@ from histobag.errors import HistobagError
 from histobag.extractors.saved import is_saved_model
 from histobag.files import atomic_path
 from histobag.io.bag_writers import get_writer
-from histobag.slide.tissue import DEFAULT_TISSUE_DETECTOR, tissue_record
 from histobag.tile_transforms import resolve_tile_transforms
 
 if TYPE_CHECKING:
@@ -412,7 +412,7 @@ class DatasetFeatures:
             writer=writer,
             coordinates=bag_writer.coordinates,
             tile_transforms=self.tile_transforms,
-            tissue=tissue_record(getattr(self.dataset, "tissue", DEFAULT_TISSUE_DETECTOR)),
+            tissue=dataset_tissue_record(self.dataset),
         )
         prepare_bags_folder(outdir, config, overwrite)
         report = BagRunReport(outdir, owner=asdict(Owner.current()))

@@ -254,6 +254,15 @@ def prepare_bags_folder(
     write_json_atomic(existing, config)
 
 
+def dataset_tissue_record(dataset: Any) -> dict[str, Any] | None:
+    """What ``bags_config.json`` records of a dataset's tissue detection: the record a
+    :class:`~histobag.dataset.Dataset` resolved once, or that of its ``tissue`` (the default
+    detector for a dataset-like object without one)."""
+    if hasattr(dataset, "tissue_record"):
+        return dataset.tissue_record
+    return tissue_record(getattr(dataset, "tissue", DEFAULT_TISSUE_DETECTOR))
+
+
 def _tissue_hint(old: dict[str, Any], new: dict[str, Any]) -> str:
     """How to resume bags made with another tissue detector (empty if that is not the case)."""
     before, now = fingerprint(old)["tissue"], fingerprint(new)["tissue"]
@@ -418,7 +427,7 @@ def generate_feature_bags(
         writer=writer,
         coordinates=bag_writer.coordinates,
         tile_transforms=tile_transforms,
-        tissue=tissue_record(getattr(dataset, "tissue", DEFAULT_TISSUE_DETECTOR)),
+        tissue=dataset_tissue_record(dataset),
         reader=getattr(dataset, "reader", "auto"),
     )
     if isinstance(shard, str):
